@@ -1,0 +1,77 @@
+"""The ``cnnlab`` command line: a thin typer app over the library.
+
+Each command group lives in its own module of this package and registers itself
+on :data:`app`; this module owns the one place where known errors become a
+one-line message and exit status 2. Heavy imports (torch, matplotlib, optuna)
+happen inside the commands so ``cnnlab --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+import typer
+from typer.exceptions import Abort, Exit, TyperException
+
+from cnnlab.errors import CnnlabError
+
+app = typer.Typer(
+    name="cnnlab",
+    help="Convolutional-network experiments done properly: train, ablate, explain, report.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+def _register_commands() -> None:
+    # Importing a module registers its commands on `app`. Order sets --help order.
+    from cnnlab.cli import data as _data  # noqa: F401
+    from cnnlab.cli import models as _models  # noqa: F401
+
+
+def fail(message: str) -> typer.Exit:
+    """Print ``error: message`` on stderr and return the exit to raise (status 2)."""
+    typer.echo(f"error: {' '.join(str(message).split())}", err=True)
+    return typer.Exit(2)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI with ``argv`` (default: ``sys.argv[1:]``) and return the exit status.
+
+    Tests call ``main([...])`` directly; the console script calls it with nothing.
+    """
+    _register_commands()
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        app(args=args, prog_name="cnnlab", standalone_mode=False)
+    except CnnlabError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        return exc.exit_code
+    except Exit as exc:
+        return exc.exit_code
+    except Abort:
+        typer.echo("interrupted", err=True)
+        return 130
+    except TyperException as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            # A group called bare: show its help, as `git remote` would.
+            typer.echo(exc.format_message())
+            return 0
+        # Usage errors: unknown option, missing argument, bad type. One line, status 2.
+        msg = exc.format_message()
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        typer.echo(f"error: {' '.join(msg.split())}{hint}", err=True)
+        return 2
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        return 130
+    return 0
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

@@ -1,0 +1,514 @@
+"""The training loop: ``train(config) -> Run``.
+
+Reads top to bottom in the order a run happens: resolve the run folder and
+device, seed, load data onto the device, build model and optimizer, restore a
+checkpoint when resuming, then epochs of (train, evaluate, record, checkpoint).
+Metrics are accumulated on the device and read once per epoch, so the loop
+never waits on the host inside an epoch (except for the divergence check, which
+runs every ``_CHECK_EVERY`` steps on accelerators and every step on the CPU,
+where it costs nothing).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import platform
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import cnnlab
+from cnnlab.config import RunConfig, build_config, read_yaml
+from cnnlab.data import DataSplits
+from cnnlab.engine import checkpoint as ckpt
+from cnnlab.engine.batches import BatchPipeline, eval_batches, train_batches
+from cnnlab.engine.inputs import build_pipeline, input_size, load_run_data, prepare_splits, to_device
+from cnnlab.engine.optim import build_optimizer, init_weights
+from cnnlab.engine.run import Run, RunFolder, default_run_name
+from cnnlab.engine.schedules import lr_at
+from cnnlab.errors import CheckpointError, ConfigError, RunError
+from cnnlab.models import create_model
+
+log = logging.getLogger("cnnlab.train")
+
+Callback = Callable[[str, dict[str, Any]], None]
+_CHECK_EVERY = 32
+_CHECKPOINT_VERSION = 1
+
+
+# ---------------------------------------------------------------- setup helpers
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA, then MPS, then CPU; an explicit device must exist."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={name!r} but CUDA is not available here; use train.device=cpu or auto")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError("train.device='mps' but MPS is not available here; use train.device=cpu or auto")
+    return torch.device(name)
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed Python, numpy and torch (CUDA too); optionally ask for deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def versions() -> dict[str, str]:
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "cnnlab": cnnlab.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def device_label(device: torch.device) -> str:
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return f"cuda:{index}"
+    return device.type
+
+
+def _autocast(cfg: RunConfig, device: torch.device):
+    if device.type == "cuda" and cfg.train.precision != "fp32":
+        dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast(device.type, enabled=False)
+
+
+# ---------------------------------------------------------------- state
+
+
+@dataclass
+class TrainState:
+    """Everything besides the weights that a checkpoint must restore."""
+
+    epoch: int = 0  # epochs completed
+    batch: int = 0  # next batch within the current epoch (mid-epoch checkpoints)
+    step: int = 0  # optimizer steps taken
+    best_val: float | None = None
+    best_epoch: int | None = None
+    bad_epochs: int = 0
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    partial: dict[str, float] = field(default_factory=dict)  # running sums of an unfinished epoch
+    train_seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _better(value: float, best: float | None, monitor: str) -> bool:
+    if best is None:
+        return True
+    return value > best if monitor == "val_acc" else value < best
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def evaluate_tensors(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    pipeline: BatchPipeline,
+    *,
+    batch_size: int,
+    autocast=None,
+) -> tuple[float, float]:
+    """Mean loss and accuracy over a split held as tensors; ``(nan, nan)`` when empty."""
+    if len(images) == 0:
+        return math.nan, math.nan
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), device=images.device, dtype=torch.float64)
+    correct = torch.zeros((), device=images.device, dtype=torch.int64)
+    for x, y in eval_batches(images, labels, batch_size):
+        with autocast or torch.autocast(images.device.type, enabled=False):
+            out = model(pipeline(x))
+        loss_sum += F.cross_entropy(out.float(), y, reduction="sum").double()
+        correct += (out.argmax(1) == y).sum()
+    model.train(was_training)
+    n = len(images)
+    return loss_sum.item() / n, correct.item() / n
+
+
+# ---------------------------------------------------------------- the run
+
+
+def _prepare_run_dir(config: RunConfig, run_dir: Path | None, name: str | None, runs_root: Path, resume: bool) -> Path:
+    if run_dir is None:
+        run_dir = Path(runs_root) / (name or default_run_name(config))
+    run_dir = Path(run_dir)
+    if not resume and (run_dir / "config.yaml").exists():
+        raise RunError(
+            f"run folder {str(run_dir)!r} already holds a run; resume it with --resume {run_dir} or choose another --name"
+        )
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise RunError(f"cannot write to run folder {str(run_dir)!r}: {exc.strerror or exc}") from None
+    return run_dir
+
+
+def train(
+    config: RunConfig | Mapping[str, Any] | None = None,
+    *,
+    run_dir: str | Path | None = None,
+    name: str | None = None,
+    runs_root: str | Path = "runs",
+    resume: bool = False,
+    callback: Callback | None = None,
+    splits: DataSplits | None = None,
+) -> Run:
+    """Train one model on one data set and leave a complete run folder.
+
+    Args:
+        config: the run config (a RunConfig or a nested dict); defaults = textbook LeNet-5.
+            When resuming, ``None`` means "the config saved in the run folder".
+        run_dir: the run folder; default ``runs_root/name``.
+        name: run name; default a timestamp plus model and data names.
+        resume: continue from ``run_dir/checkpoints/last.pt`` (falls back to the
+            previous good checkpoint if the newest is corrupt; starts fresh if none).
+        callback: ``callback(event, info)`` for progress ("start", "step", "epoch", "end", "note").
+        splits: already-loaded data (skips loading; subset/permutation still applied).
+
+    Returns:
+        The :class:`Run`; a diverged run returns normally with status ``diverged``.
+    """
+    t_start = time.perf_counter()
+    emit = callback or (lambda event, info: None)
+
+    if resume and config is None:
+        if run_dir is None:
+            raise RunError("resume needs the run folder")
+        cfg_file = Path(run_dir) / "config.yaml"
+        if not cfg_file.is_file():
+            raise RunError(f"{str(run_dir)!r} is not a run folder (no config.yaml); nothing to resume")
+        config = build_config(read_yaml(cfg_file))
+    if config is None:
+        config = RunConfig()
+    if not isinstance(config, RunConfig):
+        config = build_config(config)
+    cfg = config
+
+    path = _prepare_run_dir(cfg, Path(run_dir) if run_dir else None, name, Path(runs_root), resume)
+    folder = RunFolder(path)
+    device = resolve_device(cfg.train.device)
+    notes: list[str] = []
+    if device.type != "cuda":
+        if cfg.train.precision != "fp32":
+            notes.append(f"train.precision={cfg.train.precision} needs CUDA; running fp32 on {device.type}")
+        if cfg.train.channels_last:
+            notes.append(f"train.channels_last only helps on CUDA; ignored on {device.type}")
+    channels_last = cfg.train.channels_last and device.type == "cuda"
+
+    seed_everything(cfg.train.seed, cfg.train.deterministic)
+
+    # -- data, resident on the device
+    if splits is None:
+        splits = load_run_data(cfg.data)
+    else:
+        splits = prepare_splits(splits, cfg.data)
+    train_set, val_set, test_set = (to_device(s, device) for s in (splits.train, splits.val, splits.test))
+    pipeline = build_pipeline(splits, cfg.data, channels_last=channels_last)
+
+    # -- model and optimizer
+    model = create_model(
+        cfg.model.name,
+        num_classes=splits.num_classes,
+        in_channels=splits.in_channels,
+        input_size=input_size(splits, cfg.data),
+        **cfg.model.options(),
+    )
+    init_weights(model, cfg.model.init)
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, cfg.optim)
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.train.precision == "fp16")
+    forward = torch.compile(model) if cfg.train.compile else model
+    autocast = _autocast(cfg, device)
+
+    # -- restore
+    state = TrainState()
+    if resume:
+        try:
+            saved, used = ckpt.load_latest_good(folder.checkpoints, "last")
+        except CheckpointError as exc:
+            if (folder.checkpoints / "last.pt").exists() or (folder.checkpoints / "last.prev.pt").exists():
+                raise
+            saved, used = None, None
+            notes.append(f"no checkpoint to resume from ({exc}); starting from the beginning")
+        if saved is not None:
+            if saved.get("config_fingerprint") != cfg.fingerprint():
+                raise CheckpointError(
+                    f"checkpoint {str(used)!r} was written by a different config; resume needs the run's own config.yaml"
+                )
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            scaler.load_state_dict(saved["scaler"])
+            state = TrainState(**saved["state"])
+            ckpt.set_rng_state(saved["rng"])
+            if used.name != "last.pt":
+                notes.append(f"newest checkpoint unusable; resumed from {used.name}")
+    folder.write_config(cfg)
+
+    steps_per_epoch = math.ceil(len(train_set) / cfg.train.batch_size)
+    total_epochs = cfg.train.epochs
+    dev_label = device_label(device)
+    for note in notes:
+        log.info(note)
+        folder.log(f"note: {note}")
+        emit("note", {"text": note})
+    folder.log(f"config: {cfg.short()}")
+    emit(
+        "start",
+        {
+            "config": cfg,
+            "path": path,
+            "device": dev_label,
+            "epochs": total_epochs,
+            "start_epoch": state.epoch,
+            "steps_per_epoch": steps_per_epoch,
+            "num_train": len(train_set),
+            "resumed": resume and state.step > 0,
+        },
+    )
+
+    def summary(status: str, **extra: Any) -> dict[str, Any]:
+        last = state.rows[-1] if state.rows else {}
+        train_examples = sum(len(train_set) for _ in state.rows)
+        return {
+            "name": path.name,
+            "status": status,
+            "final": {k: last.get(k) for k in ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")},
+            "best": {"val_acc" if cfg.train.monitor == "val_acc" else "val_loss": state.best_val, "epoch": state.best_epoch},
+            "time": {
+                "train_seconds": state.train_seconds,
+                "total_seconds": time.perf_counter() - t_start,
+                "examples_per_sec": train_examples / state.train_seconds if state.train_seconds else None,
+            },
+            "epochs_completed": state.epoch,
+            "steps": state.step,
+            "diverged": None,
+            "error": None,
+            "device": dev_label,
+            "seed": cfg.train.seed,
+            "versions": versions(),
+            "data": {
+                "name": splits.name,
+                "source": splits.source,
+                "fingerprint": splits.fingerprint,
+                "sizes": {"train": len(train_set), "val": len(val_set), "test": len(test_set)},
+                "classes": list(splits.classes),
+            },
+            "notes": notes,
+            "config": cfg.to_dict(),
+            **extra,
+        }
+
+    def checkpoint_state() -> dict[str, Any]:
+        return {
+            "version": _CHECKPOINT_VERSION,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(),
+            "state": state.to_dict(),
+            "rng": ckpt.rng_state(),
+            "config_fingerprint": cfg.fingerprint(),
+        }
+
+    def save_last() -> None:
+        ckpt.save_checkpoint(checkpoint_state(), folder.checkpoints / "last.pt")
+
+    if state.epoch >= total_epochs or (cfg.train.patience and state.bad_epochs >= cfg.train.patience):
+        final = Run.load(path)
+        return final
+
+    folder.write_summary(summary("running"))
+    model.train()
+    status = "completed"
+    diverged: dict[str, Any] | None = None
+    try:
+        for epoch in range(state.epoch, total_epochs):
+            t_epoch = time.perf_counter()
+            p = state.partial or {}
+            loss_sum = torch.tensor(p.get("loss_sum", 0.0), device=device, dtype=torch.float64)
+            correct = torch.tensor(int(p.get("correct", 0)), device=device, dtype=torch.int64)
+            seen = int(p.get("seen", 0))
+            epoch_seconds = float(p.get("seconds", 0.0))
+            nonfinite = torch.zeros((), device=device, dtype=torch.bool)
+            last_finite = torch.tensor(math.nan, device=device)
+            check_every = 1 if device.type == "cpu" else _CHECK_EVERY
+            lr = optimizer.param_groups[0]["lr"]
+            for b, xb, yb, g in train_batches(
+                train_set.images,
+                train_set.labels,
+                batch_size=cfg.train.batch_size,
+                seed=cfg.train.seed,
+                epoch=epoch,
+                start_batch=state.batch,
+            ):
+                lr = lr_at(cfg.schedule, cfg.optim.lr, state.step, steps_per_epoch, total_epochs)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                x = pipeline(xb, g, train=True)
+                with autocast:
+                    out = forward(x)
+                    loss = F.cross_entropy(out.float(), yb, label_smoothing=cfg.train.label_smoothing)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                finite = torch.isfinite(loss.detach())
+                if cfg.train.grad_clip is not None:
+                    scaler.unscale_(optimizer)
+                    norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+                    finite = finite & torch.isfinite(norm)
+                nonfinite |= ~finite
+                last_finite = torch.where(finite, loss.detach().float(), last_finite)
+                if (b + 1) % check_every == 0 or b + 1 == steps_per_epoch:
+                    if nonfinite.item():
+                        diverged = {
+                            "epoch": epoch + 1,
+                            "step": state.step + 1,
+                            "last_finite_loss": None if math.isnan(last_finite.item()) else last_finite.item(),
+                            "lr": lr,
+                        }
+                        break
+                scaler.step(optimizer)
+                scaler.update()
+                state.step += 1
+                state.batch = b + 1
+                loss_sum += loss.detach().double() * len(yb)
+                correct += (out.detach().argmax(1) == yb).sum()
+                seen += len(yb)
+                emit("step", {"epoch": epoch + 1, "batch": b + 1, "steps": steps_per_epoch, "loss": loss.detach(), "lr": lr})
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            epoch_seconds += time.perf_counter() - t_epoch
+            state.train_seconds += time.perf_counter() - t_epoch
+            if diverged is not None:
+                status = "diverged"
+                folder.log(
+                    f"diverged at epoch {diverged['epoch']} step {diverged['step']} "
+                    f"(last finite loss {diverged['last_finite_loss']}, lr {diverged['lr']:.4g})"
+                )
+                break
+
+            val_loss, val_acc = evaluate_tensors(model, val_set.images, val_set.labels, pipeline, batch_size=cfg.train.eval_batch_size, autocast=autocast)
+            test_loss = test_acc = None
+            if cfg.train.test_every_epoch or epoch + 1 == total_epochs:
+                test_loss, test_acc = evaluate_tensors(model, test_set.images, test_set.labels, pipeline, batch_size=cfg.train.eval_batch_size, autocast=autocast)
+            row = {
+                "epoch": epoch + 1,
+                "train_loss": loss_sum.item() / max(seen, 1),
+                "train_acc": correct.item() / max(seen, 1),
+                "val_loss": None if math.isnan(val_loss) else val_loss,
+                "val_acc": None if math.isnan(val_acc) else val_acc,
+                "test_loss": test_loss,
+                "test_acc": test_acc,
+                "lr": lr,
+                "examples_per_sec": seen / epoch_seconds if epoch_seconds > 0 else None,
+                "seconds": epoch_seconds,
+            }
+            state.rows.append(row)
+            state.epoch = epoch + 1
+            state.batch = 0
+            state.partial = {}
+
+            monitored = row[cfg.train.monitor] if row[cfg.train.monitor] is not None else (row["train_acc"] if cfg.train.monitor == "val_acc" else row["train_loss"])
+            if _better(monitored, state.best_val, cfg.train.monitor):
+                state.best_val, state.best_epoch, state.bad_epochs = monitored, epoch + 1, 0
+                ckpt.save_checkpoint({"model": model.state_dict(), "epoch": epoch + 1, "config_fingerprint": cfg.fingerprint()}, folder.checkpoints / "best.pt", keep_previous=False)
+            else:
+                state.bad_epochs += 1
+            save_last()
+            folder.write_metrics(state.rows)
+            folder.log(_epoch_line(row))
+            folder.write_summary(summary("running"))
+            emit("epoch", {"row": row, "epochs": total_epochs, "best_val": state.best_val, "best_epoch": state.best_epoch})
+            if cfg.train.patience and state.bad_epochs >= cfg.train.patience:
+                note = f"early stopping after epoch {epoch + 1}: no {cfg.train.monitor} improvement for {state.bad_epochs} epochs"
+                notes.append(note)
+                folder.log(f"note: {note}")
+                emit("note", {"text": note})
+                break
+    except KeyboardInterrupt:
+        # Keep the partial epoch so --resume continues at the next batch.
+        state.partial = {"loss_sum": float(loss_sum.item()), "correct": int(correct.item()), "seen": seen, "seconds": epoch_seconds + time.perf_counter() - t_epoch}
+        save_last()
+        folder.write_metrics(state.rows)
+        folder.write_summary(summary("interrupted"))
+        folder.write_curves(state.rows, title=path.name)
+        folder.log(f"interrupted at epoch {state.epoch + 1} batch {state.batch}; resume with: cnnlab train --resume {path}")
+        raise
+
+    if status == "completed" and state.rows and state.rows[-1].get("test_acc") is None:
+        # Early stopping: the test split is measured once, at the end.
+        test_loss, test_acc = evaluate_tensors(model, test_set.images, test_set.labels, pipeline, batch_size=cfg.train.eval_batch_size, autocast=autocast)
+        state.rows[-1].update(test_loss=test_loss, test_acc=test_acc)
+        folder.write_metrics(state.rows)
+        save_last()
+    final = summary(status, diverged=diverged)
+    folder.write_summary(final)
+    folder.write_metrics(state.rows)
+    folder.write_curves(state.rows, title=path.name)
+    folder.log(summary_line(final))
+    emit("end", {"summary": final, "path": path})
+    return Run(path=path, config=cfg, summary=final)
+
+
+def _epoch_line(row: Mapping[str, Any]) -> str:
+    parts = [f"epoch {row['epoch']}"]
+    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "test_acc"):
+        if row.get(key) is not None:
+            parts.append(f"{key.replace('_', ' ')} {row[key]:.4f}")
+    parts.append(f"lr {row['lr']:.4g}")
+    if row.get("examples_per_sec"):
+        parts.append(f"{row['examples_per_sec']:,.0f} ex/s")
+    return ", ".join(parts)
+
+
+def summary_line(summary: Mapping[str, Any]) -> str:
+    """The textbook's closing line: ``loss 0.469, train acc 0.821, test acc 0.809, 11,069 examples/sec on cuda:0``."""
+    f = summary.get("final", {})
+    t = summary.get("time", {})
+    if summary.get("status") == "diverged":
+        d = summary.get("diverged") or {}
+        return f"diverged at epoch {d.get('epoch')} step {d.get('step')} (lr {d.get('lr')}); last finite loss {d.get('last_finite_loss')}"
+
+    def num(v: Any) -> str:
+        return "n/a" if v is None else f"{v:.3f}"
+
+    speed = t.get("examples_per_sec")
+    speed_s = f"{speed:,.0f}" if speed else "n/a"
+    return (
+        f"loss {num(f.get('train_loss'))}, train acc {num(f.get('train_acc'))}, "
+        f"test acc {num(f.get('test_acc'))}, {speed_s} examples/sec on {summary.get('device')}"
+    )
