@@ -60,7 +60,7 @@ def test_stride_defaults_to_kernel_size() -> None:
 @pytest.mark.parametrize(
     ("x", "kwargs", "message"),
     [
-        (torch.zeros(1, 1, 4, 4), {"kernel_size": 2, "padding": 2}, "at most half the window"),
+        (torch.zeros(1, 1, 4, 4), {"kernel_size": 2, "padding": 2}, "at most half the kernel size"),
         (torch.zeros(1, 1, 2, 2), {"kernel_size": 3}, "padded input has only 2"),
         (torch.zeros(1, 4, 4), {"kernel_size": 2}, r"x must be 4-D"),
         (torch.zeros(1, 1, 4, 4), {"kernel_size": 0}, "kernel_size must be >= 1"),

@@ -73,7 +73,7 @@ def pool_output_size(
         size: input length.
         kernel_size: window length.
         stride: step between windows; ``None`` means ``kernel_size``.
-        padding: implicit padding on each side; at most half the (dilated) window.
+        padding: implicit padding on each side; at most half of ``kernel_size``.
         dilation: spacing between window taps.
         ceil_mode: round the window count up instead of down.
 
@@ -90,8 +90,10 @@ def pool_output_size(
     ):
         _check_int(value, name, minimum)
     span = dilation * (kernel_size - 1) + 1
-    if 2 * padding > span:
-        raise ValueError(f"padding must be at most half the window ({span}), got {padding}")
+    if 2 * padding > kernel_size:  # PyTorch's limit, on the undilated kernel size
+        raise ValueError(
+            f"padding must be at most half the kernel size ({kernel_size}), got {padding}"
+        )
     if size + 2 * padding < span:
         raise ValueError(
             f"window spans {span} positions but the padded input has only {size + 2 * padding}"
