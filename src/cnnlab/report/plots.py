@@ -1,0 +1,261 @@
+"""The study figures, as PNG files drawn with matplotlib's Agg backend.
+
+Each function takes the frames from :mod:`cnnlab.studies.stats`, writes one PNG
+and returns its path; matplotlib is imported inside them (Agg, no display) so
+importing cnnlab stays cheap. Error bars and bands are ±1 sample standard
+deviation over repeats, the same spread the tables print as ``mean ± std``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cnnlab.studies.stats import (
+    BASE,
+    COMPLETED,
+    DIVERGED,
+    METRIC_LABELS,
+    factor_levels,
+    format_value,
+    higher_is_better,
+    is_numeric,
+    summarize,
+)
+
+FIGSIZE = (6.0, 3.8)
+DPI = 100
+BASE_COLOR = "#d62728"
+COLOR = "#1f77b4"
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def use_log_scale(values: Any) -> bool:
+    """Log x-axis when all values are positive and span at least two decades.
+
+    That is the case for batch sizes (2..1024) and lr ranges (1e-4..1e-1),
+    where a linear axis would crush all but the largest values together.
+    """
+    array = np.asarray(list(values), dtype=float)
+    return bool(len(array)) and bool(np.all(array > 0)) and array.max() / array.min() >= 100.0
+
+
+def _save(fig: Any, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI, format="png")
+    _pyplot().close(fig)
+    return path
+
+
+def _level_stats(members: pd.DataFrame, metric: str) -> pd.DataFrame:
+    rows = []
+    for level, group in members.groupby("level", observed=True, sort=True):
+        s = summarize(group.loc[group["status"] == COMPLETED, metric])
+        rows.append(
+            {
+                "n_diverged": int((group["status"] == DIVERGED).sum()),
+                "level": str(level),
+                "value": group["level_value"].iloc[0],
+                "is_base": bool(group["is_base"].any()),
+                "n": s.n,
+                "mean": s.mean,
+                "std": 0.0 if math.isnan(s.std) else s.std,
+            }
+        )
+    return pd.DataFrame(
+        rows, columns=["level", "value", "is_base", "n", "n_diverged", "mean", "std"]
+    )
+
+
+def _mark_diverged(ax: Any, x: Any, table: pd.DataFrame) -> None:
+    """Say on the plot where repeats diverged: their points are missing from the mean."""
+    for xi, (_, row) in zip(x, table.iterrows(), strict=True):
+        if row["n_diverged"]:
+            y = row["mean"] if math.isfinite(row["mean"]) else ax.get_ylim()[0]
+            ax.annotate(
+                f"{row['n_diverged']} diverged",
+                (xi, y),
+                textcoords="offset points",
+                xytext=(0, -14),
+                ha="center",
+                fontsize="x-small",
+                color=BASE_COLOR,
+            )
+
+
+def plot_factor(runs: pd.DataFrame, factor: str, metric: str, path: str | Path) -> Path:
+    """The metric against the factor's values, with ±std error bars.
+
+    A numeric factor is drawn as points joined by a line over a numeric axis
+    (log scale when :func:`use_log_scale`); anything else as bars, one per
+    value. The base value is drawn in red.
+
+    Args:
+        runs: The frame from :func:`~cnnlab.studies.stats.collect_runs`.
+        factor: The factor key (or grid group).
+        metric: The run column to plot.
+        path: Where to write the PNG.
+
+    Returns:
+        The written path.
+    """
+    plt = _pyplot()
+    table = _level_stats(factor_levels(runs, factor), metric)
+    shown = table[table["n"] > 0]
+    fig, ax = plt.subplots(figsize=FIGSIZE)
+    label = METRIC_LABELS.get(metric, metric)
+    if is_numeric(table["value"]):
+        x = shown["value"].astype(float).to_numpy()
+        ax.errorbar(x, shown["mean"], yerr=shown["std"], fmt="o-", color=COLOR, capsize=3)
+        base = shown[shown["is_base"]]
+        ax.plot(
+            base["value"].astype(float), base["mean"], "o", color=BASE_COLOR, label="base", zorder=3
+        )
+        if use_log_scale(table["value"]):
+            ax.set_xscale("log", base=2 if _powers_of_two(table["value"]) else 10)
+            # Tick the values actually run, written as in the spec (64, not 2^6).
+            ax.set_xticks(x, [format_value(v) for v in shown["value"]], minor=False)
+            ax.minorticks_off()
+        _mark_diverged(ax, table["value"].astype(float), table)
+    else:
+        positions = np.arange(len(table))
+        colors = [BASE_COLOR if b else COLOR for b in table["is_base"]]
+        ax.bar(positions, table["mean"].fillna(0.0), yerr=table["std"], color=colors, capsize=3)
+        ax.set_xticks(
+            positions, [_short(t) for t in table["level"]], rotation=30 if len(table) > 4 else 0
+        )
+        ax.plot([], [], "s", color=BASE_COLOR, label="base")
+        _mark_diverged(ax, positions, table)
+    ax.set_xlabel(_short(factor, 60))
+    ax.set_ylabel(f"{label} (mean ± std)")
+    ax.set_title(_short(f"{label} vs {factor}", 70))
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize="small")
+    return _save(fig, path)
+
+
+def _powers_of_two(values: Any) -> bool:
+    array = np.asarray(list(values), dtype=float)
+    return bool(np.all(array > 0)) and bool(np.allclose(np.log2(array), np.round(np.log2(array))))
+
+
+def _short(text: Any, limit: int = 24) -> str:
+    """Trim long labels; matplotlib text is drawn as pixels, never interpreted as markup."""
+    text = str(text).replace("$", r"\$")  # '$' would switch matplotlib to mathtext
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def plot_curves(
+    runs: pd.DataFrame,
+    curves: pd.DataFrame,
+    factor: str,
+    path: str | Path,
+    metrics: tuple[str, ...] = ("train_loss", "val_acc"),
+) -> Path:
+    """Mean training curves per value of a factor, with a shaded ±std band.
+
+    Only completed runs are averaged (a diverged run's NaN losses would erase
+    the band); at each epoch the mean is over the runs that reached it.
+
+    Args:
+        runs: The frame from :func:`~cnnlab.studies.stats.collect_runs`.
+        curves: The frame from :func:`~cnnlab.studies.stats.curves`.
+        factor: The factor key (or grid group).
+        path: Where to write the PNG.
+        metrics: Curve columns, one panel each.
+
+    Returns:
+        The written path.
+    """
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
+    members = factor_levels(runs, factor)
+    members = members[members["status"] == COMPLETED][["key", "level"]]
+    data = curves.merge(members, on="key", how="inner")
+    fig, axes = plt.subplots(1, len(metrics), figsize=(FIGSIZE[0] * 1.6, FIGSIZE[1]), squeeze=False)
+    cmap = plt.get_cmap("viridis")
+    levels = [lv for lv in members["level"].cat.categories if (data["level"] == lv).any()]
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        for i, level in enumerate(levels):
+            stats = (
+                data[data["level"] == level]
+                .groupby("epoch")[metric]
+                .agg(["mean", "std"])
+                .dropna(subset=["mean"])
+            )
+            if stats.empty:
+                continue
+            color = cmap(i / max(len(levels) - 1, 1))
+            std = stats["std"].fillna(0.0)
+            ax.plot(stats.index, stats["mean"], color=color, label=_short(level))
+            ax.fill_between(
+                stats.index, stats["mean"] - std, stats["mean"] + std, color=color, alpha=0.2
+            )
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(METRIC_LABELS.get(metric, metric))
+        ax.grid(alpha=0.3)
+    if levels:
+        axes[0][-1].legend(title=_short(factor, 30), fontsize="small", loc="best")
+    fig.suptitle(_short(f"mean curves by {factor} (band: ±std)", 80))
+    return _save(fig, path)
+
+
+def plot_effects(effects: pd.DataFrame, metric: str, path: str | Path) -> Path:
+    """Every factor level's difference from the base, with Welch 95% CI bars.
+
+    One horizontal bar per non-base level, grouped by factor, so the whole
+    study reads at a glance: bars right of zero beat the base (for accuracies).
+
+    Args:
+        effects: The frame from :func:`~cnnlab.studies.stats.factor_effects`.
+        metric: The metric the effects were computed on (for labels).
+        path: Where to write the PNG.
+
+    Returns:
+        The written path.
+    """
+    plt = _pyplot()
+    shown = effects[~effects["is_base"].astype(bool) & effects["diff"].notna()]
+    height = max(FIGSIZE[1], 0.28 * len(shown) + 1.2)
+    fig, ax = plt.subplots(figsize=(FIGSIZE[0] * 1.2, height))
+    if shown.empty:
+        ax.text(
+            0.5,
+            0.5,
+            "no comparisons with the base yet",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+        )
+        ax.set_axis_off()
+        return _save(fig, path)
+    y = np.arange(len(shown))[::-1]
+    better = shown["diff"] > 0 if higher_is_better(metric) else shown["diff"] < 0
+    colors = np.where(better, "#2ca02c", "#7f7f7f")
+    ax.barh(y, shown["diff"], xerr=shown["diff_ci95"].fillna(0.0), color=colors, capsize=2)
+    labels = [
+        _short(f"{f} = {lv}", 40) for f, lv in zip(shown["factor"], shown["level"], strict=True)
+    ]
+    ax.set_yticks(y, labels, fontsize="small")
+    ax.axvline(0.0, color="black", linewidth=0.8)
+    name = METRIC_LABELS.get(metric, metric)
+    ax.set_xlabel(f"{name}: variant − {BASE} (bars: 95% CI, Welch)")
+    ax.set_title("effect of each factor value against the base")
+    ax.grid(axis="x", alpha=0.3)
+    return _save(fig, path)
