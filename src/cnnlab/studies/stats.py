@@ -170,7 +170,7 @@ def collect_runs(study_dir: str | Path) -> pd.DataFrame:
 
     Returns:
         A frame with the columns of :data:`RUN_COLUMNS` plus one
-        :func:`value_column` per factor of the spec, holding each run's value of
+        :func:`value_column` per factor (of the spec, or named by a run), holding each run's value of
         that factor (from its own factors, else its resolved config, else the
         spec's base). Runs without ``summary.json`` have status ``pending``;
         folders whose files cannot be parsed have status ``unreadable`` and say
@@ -187,8 +187,19 @@ def collect_runs(study_dir: str | Path) -> pd.DataFrame:
     base_flat = flatten(spec.get("base") or {}) if isinstance(spec.get("base"), Mapping) else {}
     runs_dir = study_dir / "runs"
     folders = sorted(p for p in runs_dir.iterdir() if p.is_dir()) if runs_dir.is_dir() else []
-    rows = [_run_row(folder, factors, base_flat) for folder in folders]
-    columns = list(RUN_COLUMNS) + [value_column(k) for k in factors]
+    read = [_run_row(folder, factors) for folder in folders]
+    # Factor keys: the spec's, then any a run names that the spec does not (an
+    # edited or missing spec), so every factor still gets its value column.
+    keys = list(dict.fromkeys([*factors, *(k for row, _ in read for k in row["factors"])]))
+    rows = []
+    for row, config_flat in read:
+        for key in keys:
+            if key in row["factors"]:
+                row[value_column(key)] = row["factors"][key]
+            else:
+                row[value_column(key)] = config_flat.get(key, base_flat.get(key))
+        rows.append(row)
+    columns = list(RUN_COLUMNS) + [value_column(k) for k in keys]
     frame = pd.DataFrame(rows, columns=columns)
     return frame.astype({c: "float64" for c in _FLOAT_COLUMNS})
 
@@ -206,13 +217,16 @@ _FLOAT_COLUMNS = (
 )
 
 
-def _run_row(folder: Path, factors: Mapping[str, list[Any]], base_flat: Mapping[str, Any]) -> dict:
+def _run_row(
+    folder: Path, factors: Mapping[str, list[Any]]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The row of one run folder and its flattened resolved config (``{}`` if unknown)."""
     row: dict[str, Any] = {c: None for c in RUN_COLUMNS}
     row.update(key=folder.name, variant=folder.name, group="?", factors={}, status="pending")
     meta, problem = _read_json(folder / "study.json")
     if meta is None:
         row.update(status="unreadable", error=problem or "study.json is missing")
-        return row
+        return row, {}
     run_factors = meta.get("factors") if isinstance(meta.get("factors"), Mapping) else {}
     row.update(
         key=str(meta.get("key") or folder.name),
@@ -235,14 +249,7 @@ def _run_row(folder: Path, factors: Mapping[str, list[Any]], base_flat: Mapping[
             summary = data
             row.update(_summary_fields(summary))
     config = summary.get("config") if isinstance(summary.get("config"), Mapping) else {}
-    config_flat = flatten(config) if config else {}
-    for key in factors:
-        if key in row["factors"]:
-            value = row["factors"][key]
-        else:
-            value = config_flat.get(key, base_flat.get(key))
-        row[value_column(key)] = value
-    return row
+    return row, flatten(config) if config else {}
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
