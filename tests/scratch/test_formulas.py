@@ -9,6 +9,7 @@ into ``m`` results is ``n - m`` additions, a matrix product with inner size
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import pytest
@@ -125,6 +126,26 @@ def test_pool_output_size_matches_nn_pooling(geometry, ceil_mode: bool, kind: st
             pool_output_size(size, kernel, stride, padding, dilation, ceil_mode)
         return
     assert pool_output_size(size, kernel, stride, padding, dilation, ceil_mode) == want
+
+
+def test_pool_output_size_matches_nn_max_pool_on_a_full_grid() -> None:
+    # ceil_mode's edge cases (a last window hanging over the end, or starting in the
+    # padding) are rare in random draws, so also check every small geometry.
+    x = torch.zeros(1, 1, 7, 7)
+    for kernel, stride, padding, dilation, ceil_mode in itertools.product(
+        range(1, 5), range(1, 4), range(3), range(1, 3), (False, True)
+    ):
+        for size in range(1, 8):
+            layer = nn.MaxPool2d(kernel, stride, padding, dilation, ceil_mode=ceil_mode)
+            try:
+                want = layer(x[..., :size, :size]).shape[-1]
+            except RuntimeError:
+                want = None
+            try:
+                got = pool_output_size(size, kernel, stride, padding, dilation, ceil_mode)
+            except ValueError:
+                got = None
+            assert got == want, (size, kernel, stride, padding, dilation, ceil_mode)
 
 
 def test_pool_stride_defaults_to_kernel_size() -> None:
