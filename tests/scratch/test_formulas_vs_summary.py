@@ -8,15 +8,12 @@ running the model.
 
 from __future__ import annotations
 
-import pytest
 import torch
 from torch import nn
 
+from cnnlab.models import create_model
+from cnnlab.models.summary import summary
 from cnnlab.scratch import conv_ops, conv_output_size
-
-summary_module = pytest.importorskip(
-    "cnnlab.models.summary", reason="cnnlab.models.summary is not written yet"
-)
 
 
 def _expected_conv(layer: nn.Conv2d, in_hw: tuple[int, int]) -> tuple[tuple[int, int], int]:
@@ -51,7 +48,7 @@ def _conv_stack() -> nn.Sequential:
 
 def test_conv_macs_match_summary_layer_by_layer() -> None:
     model = _conv_stack()
-    result = summary_module.summary(model, input_shape=(3, 17, 16))
+    result = summary(model, input_shape=(3, 17, 16))
     convs = {info.name: info for info in result.layers if info.type == "Conv2d"}
     assert len(convs) == len(model)
     hw = (17, 16)
@@ -67,10 +64,8 @@ def test_conv_macs_match_summary_layer_by_layer() -> None:
 
 
 def test_conv_macs_match_summary_for_a_registered_model() -> None:
-    from cnnlab.models import create_model
-
     model = create_model("lenet5", num_classes=10, in_channels=1, input_size=(28, 28))
-    result = summary_module.summary(model, input_shape=(1, 28, 28))
+    result = summary(model, input_shape=(1, 28, 28))
     modules = dict(model.named_modules())
     convs = [info for info in result.layers if isinstance(modules.get(info.name), nn.Conv2d)]
     conv_names = [name for name, m in modules.items() if isinstance(m, nn.Conv2d)]
