@@ -1,0 +1,100 @@
+"""Downloading official data files, verified before they are kept.
+
+A file is streamed to ``NAME.part`` and only renamed into place once its
+checksum matches, so an interrupted or tampered download never looks like data.
+Mirrors are tried in order; the error lists what went wrong with each.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import os
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from cnnlab.data.base import Progress
+from cnnlab.data.files import read_bytes
+from cnnlab.errors import DataError, DataNotFoundError
+
+_CHUNK = 1 << 20
+
+
+def fetch(
+    url: str, target: Path, *, timeout: float = 30.0, progress: Progress | None = None
+) -> None:
+    """Stream ``url`` into ``target`` (overwritten), reporting bytes done.
+
+    Args:
+        url: an ``http://`` or ``https://`` address.
+        target: the file to write; its folder is created.
+        timeout: seconds to wait for the server before giving up.
+        progress: called as ``progress(task, bytes_done, bytes_total)``; total is 0 when unknown.
+
+    Raises:
+        DataError: the URL is not http(s), the server fails, or the file cannot be written.
+    """
+    scheme = urllib.parse.urlsplit(url).scheme
+    if scheme not in ("http", "https"):
+        raise DataError(f"cannot download {url!r}: only http:// and https:// addresses are allowed")
+    task = f"download {target.name}"
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with urllib.request.urlopen(url, timeout=timeout) as response, open(target, "wb") as out:
+            total = int(response.headers.get("Content-Length") or 0)
+            done = 0
+            while chunk := response.read(_CHUNK):
+                out.write(chunk)
+                done += len(chunk)
+                if progress is not None:
+                    progress(task, done, total)
+            if total and done != total:
+                raise DataError(f"download of {url} stopped after {done} of {total} bytes")
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc
+        raise DataError(f"download of {url} failed: {reason}") from None
+
+
+def fetch_verified(
+    urls: Sequence[str],
+    target: Path,
+    *,
+    check: Callable[[str, bytes], None],
+    decompress: bool = False,
+    progress: Progress | None = None,
+    timeout: float = 30.0,
+) -> Path:
+    """Download the first of ``urls`` whose content passes ``check`` into ``target``.
+
+    Args:
+        urls: the same file on several mirrors, tried in order.
+        target: final path; written only after ``check`` accepts the content.
+        check: raises DataError when the content is wrong; called with the URL and
+            the bytes (decompressed when ``decompress``).
+        decompress: gunzip before checking, for checksums of the decompressed payload.
+        progress: see :func:`fetch`.
+        timeout: per-connection timeout in seconds.
+
+    Returns:
+        ``target``.
+
+    Raises:
+        DataNotFoundError: no mirror delivered a valid file (the message lists each failure).
+    """
+    partial = target.with_name(target.name + ".part")
+    failures = []
+    for url in urls:
+        try:
+            fetch(url, partial, timeout=timeout, progress=progress)
+            data = read_bytes(partial) if decompress else partial.read_bytes()
+            check(url, data)
+        except DataError as exc:
+            failures.append(str(exc))
+            with contextlib.suppress(OSError):
+                partial.unlink()
+            continue
+        os.replace(partial, target)
+        return target
+    raise DataNotFoundError("; ".join(failures) or f"no address to download {target.name} from")
