@@ -49,7 +49,7 @@ def use_log_scale(values: Any) -> bool:
     where a linear axis would crush all but the largest values together.
     """
     array = np.asarray(list(values), dtype=float)
-    return bool(len(array)) and bool(np.all(array > 0)) and array.max() / array.min() >= 100.0
+    return bool(len(array) and np.all(array > 0) and array.max() / array.min() >= 100.0)
 
 
 def _save(fig: Any, path: str | Path) -> Path:

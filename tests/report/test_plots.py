@@ -1,0 +1,65 @@
+"""cnnlab.report.plots: every figure is a real, non-blank PNG, and the axis choices hold."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cnnlab.report import plots
+from cnnlab.studies import stats
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _assert_real_png(path: Path) -> None:
+    import matplotlib.image as mpimg
+
+    assert path.is_file() and path.read_bytes()[:8] == PNG_MAGIC
+    pixels = mpimg.imread(path)
+    assert pixels.shape[0] > 100 and pixels.shape[1] > 100
+    # Not a blank canvas: a drawn figure has many distinct colours.
+    assert len(np.unique(pixels.reshape(-1, pixels.shape[-1]), axis=0)) > 20
+
+
+@pytest.mark.parametrize(
+    ("values", "log"),
+    [
+        ([2, 4, 8, 1024], True),  # batch sizes
+        ([1e-4, 1e-3, 1e-2], True),  # lr over decades
+        ([0.1, 0.5, 0.9, 1.7], False),  # lr on a linear range
+        ([0, 1, 1000], False),  # zero cannot go on a log axis
+        ([-1, 10, 1000], False),
+        ([3, 4, 5], False),
+    ],
+)
+def test_use_log_scale(values: list[float], log: bool) -> None:
+    assert plots.use_log_scale(values) is log
+
+
+def test_factor_plots_numeric_and_categorical(study_dir: Path, tmp_path: Path) -> None:
+    runs = stats.collect_runs(study_dir)
+    for factor in ("train.batch_size", "model.activation"):
+        path = plots.plot_factor(runs, factor, "test_acc", tmp_path / f"{factor}.png")
+        assert path == tmp_path / f"{factor}.png"
+        _assert_real_png(path)
+
+
+def test_curves_plot(study_dir: Path, tmp_path: Path) -> None:
+    runs, curves = stats.collect_runs(study_dir), stats.curves(study_dir)
+    path = plots.plot_curves(runs, curves, "train.epochs", tmp_path / "sub" / "curves.png")
+    _assert_real_png(path)
+
+
+def test_effects_plot_and_empty_effects(study_dir: Path, tmp_path: Path) -> None:
+    runs = stats.collect_runs(study_dir)
+    _assert_real_png(plots.plot_effects(stats.factor_effects(runs), "test_acc", tmp_path / "e.png"))
+    empty = stats.factor_effects(runs[runs["variant"] == "base"], "test_acc")
+    assert plots.plot_effects(empty, "test_acc", tmp_path / "none.png").stat().st_size > 1000
+
+
+def test_factor_plot_when_a_value_only_diverged(study_dir: Path, tmp_path: Path) -> None:
+    runs = stats.collect_runs(study_dir)
+    runs.loc[runs["variant"] == "optim.lr=1.7", "status"] = "diverged"
+    _assert_real_png(plots.plot_factor(runs, "optim.lr", "test_acc", tmp_path / "lr.png"))

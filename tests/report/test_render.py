@@ -1,0 +1,136 @@
+"""cnnlab.report.render: the report's content, its self-containment, and partial studies."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cnnlab.errors import StudyError
+from cnnlab.report.render import write_report
+
+
+def test_writes_every_output(report_paths: dict[str, Path]) -> None:
+    assert set(report_paths) == {"markdown", "html", "csv", "figures"}
+    for key in ("markdown", "html", "csv"):
+        assert report_paths[key].stat().st_size > 0
+    # Overview effects figure + a value plot and a curves plot per factor (4 factors).
+    assert len(list(report_paths["figures"].glob("*.png"))) == 9
+
+
+def test_markdown_tables_and_links(report_paths: dict[str, Path]) -> None:
+    text = report_paths["markdown"].read_text()
+    assert "## Factor: train.batch\\_size" in text
+    # The write-up layout: rows loss / train acc / test acc, one column per value.
+    assert "|  | 2 | 64 | 256 (base) | 1024 |" in text
+    assert re.search(r"\| test acc \| 0\.\d{3} ± 0\.\d{3} \|", text)
+    links = re.findall(r"!\[[^\]]*\]\(<([^>]+)>\)", text)
+    assert len(links) == 9
+    for link in links:
+        assert (report_paths["markdown"].parent / link).is_file()
+
+
+def test_notes_on_diverged_failed_pending_and_derived(report_paths: dict[str, Path]) -> None:
+    text = report_paths["markdown"].read_text()
+    notes = text.split("## Notes on runs")[1].split("## Environment")[0]
+    assert "Diverged: optim.lr=1.7: 2 of 3 runs (at epochs 2, 3; lr 1.7)" in notes
+    assert "RuntimeError: CUDA out of memory" in notes
+    assert "No result yet for 1 run" in notes
+    assert "Derived: train.epochs=2 was not trained separately" in notes
+    assert "24 runs: 20 completed, 2 diverged, 1 failed, 1 pending or running" in text
+
+
+def test_environment_and_spec(report_paths: dict[str, Path]) -> None:
+    text = report_paths["markdown"].read_text()
+    env = text.split("## Environment")[1].split("## Spec")[0]
+    assert "| torch | 2.5.1 |" in env and "| device | cpu |" in env
+    assert "metric: test_acc" in text.split("## Spec")[1]
+
+
+def test_html_is_self_contained(report_paths: dict[str, Path], parse_page: type) -> None:
+    page = parse_page(report_paths["html"].read_text())
+    images = page.find("img")
+    assert len(images) == 9
+    for attrs in images:
+        src = attrs["src"] or ""
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    for _, attrs in page.tags:
+        for name in ("src", "href", "action", "poster", "data"):
+            value = (attrs.get(name) or "").strip().lower()
+            assert not value or value.startswith("data:"), (name, value[:60])
+    assert not page.find("link") and not page.find("script") and not page.find("iframe")
+    assert "Content-Security-Policy" in [a.get("http-equiv") for a in page.find("meta")]
+    assert "Study report: mini-ablation" in page.text
+
+
+def test_csv_has_every_run(report_paths: dict[str, Path]) -> None:
+    lines = report_paths["csv"].read_text().splitlines()
+    assert len(lines) == 1 + 24 and lines[0].startswith("key,study,variant,group")
+
+
+def _copy_runs(study_dir: Path, dest: Path, prefixes: tuple[str, ...]) -> Path:
+    """Part of the fixture study (the base plus some variants): fewer figures, faster tests."""
+    for folder in (study_dir / "runs").iterdir():
+        if folder.name.startswith(prefixes):
+            shutil.copytree(folder, dest / "runs" / folder.name)
+    return dest
+
+
+def test_report_without_spec_reads_the_run_folders(study_dir: Path, tmp_path: Path) -> None:
+    copy = _copy_runs(study_dir, tmp_path / "copy", ("base", "batch_size"))
+    paths = write_report(copy)
+    assert paths["html"].parent == copy / "report"
+    text = paths["markdown"].read_text()
+    assert "There is no spec.yaml" in text
+    assert "|  | 2 | 64 | 256 (base) | 1024 |" in text  # base value from the runs' configs
+
+
+def test_report_of_a_study_with_no_runs_yet(tmp_path: Path) -> None:
+    study = tmp_path / "fresh"
+    study.mkdir()
+    spec = {"name": "fresh", "vary": {"optim.lr": [0.1, 0.5]}}
+    (study / "spec.yaml").write_text(yaml.safe_dump(spec))
+    text = write_report(study)["markdown"].read_text()
+    assert "0 runs: 0 completed" in text and "No run folders yet" in text
+    assert "Missing: optim.lr has no runs yet for 0.1, 0.5" in text
+
+
+def test_report_with_broken_and_short_studies(study_dir: Path, tmp_path: Path) -> None:
+    copy = _copy_runs(study_dir, tmp_path / "broken", ("base", "activation"))
+    (copy / "runs" / "base0" / "summary.json").write_text("{not json")
+    shutil.rmtree(copy / "runs" / "activationrelu-2")
+    spec = yaml.safe_load((study_dir / "spec.yaml").read_text())
+    spec["vary"] = {"model.activation": ["sigmoid", "relu", "tanh"]}
+    (copy / "spec.yaml").write_text(yaml.safe_dump(spec))
+    out = tmp_path / "out"
+    (out / "figures").mkdir(parents=True)
+    (out / "figures" / "09-old-factor-test_acc.png").write_bytes(b"stale")
+    text = write_report(copy, out)["markdown"].read_text()
+    assert "Failed: base repeat 0 (run base0): summary.json is unreadable" in text
+    assert "Missing: model.activation has no runs yet for tanh" in text
+    assert "Missing: model.activation=relu has 2 of 3 repeats on disk" in text
+    # Figures of factors no longer in the study do not linger.
+    assert sorted(p.name for p in (out / "figures").iterdir()) == [
+        "00-effects.png",
+        "01-model-activation-curves.png",
+        "01-model-activation-test_acc.png",
+    ]
+
+
+def test_errors(tmp_path: Path) -> None:
+    with pytest.raises(StudyError, match="does not exist"):
+        write_report(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(StudyError, match="not a study folder"):
+        write_report(tmp_path / "empty")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "spec.yaml").write_text(json.dumps({"name": "x", "metric": "f1"}))
+    with pytest.raises(StudyError, match="metric 'f1'"):
+        write_report(bad)
