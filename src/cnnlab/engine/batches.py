@@ -11,7 +11,7 @@ generator state.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -30,7 +30,7 @@ def derive_seed(*parts: int) -> int:
     return x & _MASK
 
 
-def generator(seed: int, device: torch.device | str) -> torch.Generator:
+def generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
     g = torch.Generator(device=device)
     g.manual_seed(seed)
     return g
@@ -50,21 +50,21 @@ class BatchPipeline:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     size: tuple[int, int] | None = None
-    augment: AugmentConfig = AugmentConfig()
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     channels_last: bool = False
 
     def __call__(self, x: torch.Tensor, g: torch.Generator | None = None, train: bool = False) -> torch.Tensor:
-        x = T.to_float(x, self.mean, self.std)
+        x = T.normalize(x, self.mean, self.std) if self.mean else T.to_float(x)
         if self.size is not None and tuple(x.shape[-2:]) != self.size:
             x = T.resize(x, self.size)
         if train and g is not None:
             a = self.augment
             if a.crop_padding:
-                x = T.random_crop(x, tuple(x.shape[-2:]), a.crop_padding, g)
+                x = T.random_crop(x, tuple(x.shape[-2:]), a.crop_padding, generator=g)
             if a.hflip:
-                x = T.random_hflip(x, a.hflip, g)
+                x = T.random_flip(x, a.hflip, dim=-1, generator=g)
             if a.vflip:
-                x = T.random_vflip(x, a.vflip, g)
+                x = T.random_flip(x, a.vflip, dim=-2, generator=g)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
@@ -72,7 +72,8 @@ class BatchPipeline:
 
 def epoch_order(n: int, seed: int, epoch: int, device: torch.device | str) -> torch.Tensor:
     """The shuffled index order of one epoch (a function of seed and epoch only)."""
-    return torch.randperm(n, generator=generator(derive_seed(seed, epoch), device), device=device)
+    # Drawn on the CPU so a GPU run sees the same order as a CPU run with the same seed.
+    return torch.randperm(n, generator=generator(derive_seed(seed, epoch))).to(device)
 
 
 def train_batches(
@@ -99,7 +100,7 @@ def train_batches(
         idx = order[b * batch_size : (b + 1) * batch_size]
         if world_size > 1:
             idx = idx.tensor_split(world_size)[rank]
-        g = generator(derive_seed(seed, epoch, b, 1), device)
+        g = generator(derive_seed(seed, epoch, b, 1))
         yield b, images[idx], labels[idx], g
 
 

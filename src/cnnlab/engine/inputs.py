@@ -20,33 +20,43 @@ from cnnlab.errors import DataError
 
 def load_run_data(cfg: DataConfig, progress=None) -> DataSplits:
     """Load the splits a run config names and apply subset and permutation."""
+    options = {"root": cfg.root} if cfg.root else {}
     splits = load_splits(
         cfg.name,
-        root=cfg.root,
-        data_dir=cfg.data_dir,
         val_fraction=cfg.val_fraction,
         split_seed=cfg.split_seed,
+        data_dir=cfg.data_dir,
         download=cfg.download,
         progress=progress,
+        **options,
     )
     return prepare_splits(splits, cfg)
+
+
+def _empty(like: ImageSet, split: str) -> ImageSet:
+    return like.subset(torch.empty(0, dtype=torch.int64), split=split)
+
+
 
 
 def _subset(s: ImageSet, n: int | None, seed: int) -> ImageSet:
     if n is None or n >= len(s):
         return s
-    idx = torch.randperm(len(s), generator=generator(derive_seed(seed, n), "cpu"))[:n]
+    idx = torch.randperm(len(s), generator=generator(derive_seed(seed, n)))[:n]
     return s.subset(idx.sort().values)
 
 
 def prepare_splits(splits: DataSplits, cfg: DataConfig) -> DataSplits:
-    """Apply ``subset``/``test_subset`` (seeded by split_seed) and ``permute_pixels``."""
+    """Apply ``subset``/``test_subset`` (seeded by split_seed) and ``permute_pixels``.
+
+    Missing val/test splits become empty ones so the loop needs no special cases.
+    """
     train = _subset(splits.train, cfg.subset, cfg.split_seed)
-    val = _subset(splits.val, cfg.test_subset, cfg.split_seed + 1)
-    test = _subset(splits.test, cfg.test_subset, cfg.split_seed + 2)
+    val = _subset(splits.val if splits.val is not None else _empty(splits.train, "val"), cfg.test_subset, cfg.split_seed + 1)
+    test = _subset(splits.test if splits.test is not None else _empty(splits.train, "test"), cfg.test_subset, cfg.split_seed + 2)
     if cfg.permute_pixels:
         h, w = splits.image_size
-        perm = T.pixel_permutation(h * w, cfg.permute_seed)
+        perm = T.pixel_permutation(h, w, cfg.permute_seed)
         train, val, test = (replace(s, images=T.permute_pixels(s.images, perm)) for s in (train, val, test))
     if len(train) == 0:
         raise DataError(f"data set {splits.name!r} has an empty training split")
@@ -67,4 +77,4 @@ def build_pipeline(splits: DataSplits, cfg: DataConfig, *, channels_last: bool =
 
 
 def to_device(s: ImageSet, device: torch.device) -> ImageSet:
-    return replace(s, images=s.images.to(device, non_blocking=True), labels=s.labels.to(device, non_blocking=True))
+    return s.to(device)

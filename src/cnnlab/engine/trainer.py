@@ -236,6 +236,7 @@ def train(
         splits = load_run_data(cfg.data)
     else:
         splits = prepare_splits(splits, cfg.data)
+    data_fingerprint = splits.fingerprint[:16]
     train_set, val_set, test_set = (to_device(s, device) for s in (splits.train, splits.val, splits.test))
     pipeline = build_pipeline(splits, cfg.data, channels_last=channels_last)
 
@@ -325,9 +326,17 @@ def train(
             "data": {
                 "name": splits.name,
                 "source": splits.source,
-                "fingerprint": splits.fingerprint,
+                "fingerprint": data_fingerprint,
                 "sizes": {"train": len(train_set), "val": len(val_set), "test": len(test_set)},
                 "classes": list(splits.classes),
+            },
+            "model_input": {
+                "in_channels": splits.in_channels,
+                "image_size": list(splits.image_size),
+                "input_size": list(input_size(splits, cfg.data)),
+                "classes": list(splits.classes),
+                "mean": list(splits.mean),
+                "std": list(splits.std),
             },
             "notes": notes,
             "config": cfg.to_dict(),

@@ -1,0 +1,86 @@
+import pytest
+
+from cnnlab.config import RunConfig, load_config, parse_overrides, read_yaml
+from cnnlab.errors import ConfigError
+
+
+def test_defaults_are_the_textbook_baseline():
+    cfg = RunConfig()
+    assert (cfg.model.name, cfg.data.name) == ("lenet5", "fashion-mnist")
+    assert (cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay) == ("sgd", 0.9, 0.0)
+    assert (cfg.train.batch_size, cfg.train.epochs, cfg.model.init) == (256, 10, "xavier")
+
+
+def test_dotted_overrides_and_shorthands():
+    cfg = load_config(overrides=["model=resnet18", "model.stem=small", "data=cifar10", "optim.lr=0.1", "train.epochs=30"])
+    assert cfg.model.name == "resnet18" and cfg.model.options() == {"stem": "small"}
+    assert cfg.data.name == "cifar10" and cfg.optim.lr == 0.1 and cfg.train.epochs == 30
+
+
+def test_yaml_then_overrides(tmp_path):
+    f = tmp_path / "run.yaml"
+    f.write_text("optim:\n  lr: 0.05\n  name: adam\ntrain:\n  epochs: 3\n")
+    cfg = load_config(f, ["train.epochs=4"])
+    assert (cfg.optim.name, cfg.optim.lr, cfg.train.epochs) == ("adam", 0.05, 4)
+
+
+def test_changing_model_drops_old_options():
+    base = load_config(overrides=["model=resnet18", "model.stem=small"])
+    cfg = load_config(overrides=["model=lenet5"], base=base)
+    assert cfg.model.options() == {}
+
+
+@pytest.mark.parametrize(
+    "override, needles",
+    [
+        ("optim.lrr=0.1", ["optim.lrr", "allowed keys in optim", "lr"]),
+        ("trian.epochs=3", ["trian", "allowed keys", "train"]),
+        ("optim.lr=-1", ["optim.lr=-1", "greater than 0"]),
+        ("optim.lr=abc", ["optim.lr='abc'", "number"]),
+        ("train.epochs=0", ["train.epochs=0", "greater than or equal to 1"]),
+        ("optim=lbfgs", ["optim.name='lbfgs'", "sgd"]),
+        ("model=resnet9000", ["resnet9000", "lenet5"]),
+        ("model.wings=2", ["model.wings", "lenet5"]),
+        ("data=imagenet22k", ["imagenet22k", "fashion-mnist"]),
+        ("train.device=tpu", ["train.device='tpu'"]),
+        ("optim.nesterov=true", ["nesterov", "momentum"]),
+        ("epochs", ["key=value"]),
+    ],
+)
+def test_bad_values_name_key_value_and_allowed(override, needles):
+    with pytest.raises(ConfigError) as exc:
+        load_config(overrides=[override])
+    msg = str(exc.value)
+    assert "\n" not in msg
+    for needle in needles:
+        assert needle in msg, msg
+
+
+def test_yaml_python_tags_are_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    f = tmp_path / "evil.yaml"
+    f.write_text(f"train: !!python/object/apply:os.system ['touch {marker}']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        read_yaml(f)
+    assert not marker.exists()
+
+
+def test_missing_and_non_mapping_files(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(tmp_path / "nope.yaml")
+    f = tmp_path / "list.yaml"
+    f.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_config(f)
+
+
+def test_parse_overrides_types():
+    tree = parse_overrides(["model.blocks=[1,1,1]", "train.grad_clip=none", "data.augment.hflip=0.5", "model.residual=false"])
+    assert tree == {"model": {"blocks": [1, 1, 1], "residual": False}, "train": {"grad_clip": None}, "data": {"augment": {"hflip": 0.5}}}
+
+
+def test_fingerprint_stable_and_sensitive():
+    a, b = load_config(overrides=["optim.lr=0.1"]), load_config(overrides=["optim.lr=0.1"])
+    assert a.fingerprint() == b.fingerprint()
+    assert a.fingerprint() != load_config(overrides=["optim.lr=0.2"]).fingerprint()
+    assert "optim.lr=0.1" in a.short()
