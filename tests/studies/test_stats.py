@@ -347,3 +347,39 @@ def test_format_value_and_resolve_metric() -> None:
     assert stats.resolve_metric("final.test_acc") == "test_acc"
     with pytest.raises(StudyError, match="metric 'f1'"):
         stats.resolve_metric("f1")
+
+
+def test_grid_points_form_one_group_labelled_by_variant(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    for r in range(3):
+        _write_run(tmp_path, f"b{r}", "base", {}, r, test_acc=float(0.8 + rng.normal(0, 0.01)))
+        for lr, wd in ((0.1, 0.0), (0.1, 0.01)):
+            label = f"optim.lr={lr},optim.weight_decay={wd}"
+            factors = {"optim.lr": lr, "optim.weight_decay": wd}
+            _write_run(
+                tmp_path,
+                f"g{lr}-{wd}-{r}",
+                label,
+                factors,
+                r,
+                test_acc=float(0.7 + wd + rng.normal(0, 0.01)),
+            )
+    runs = stats.collect_runs(tmp_path)
+    assert stats.factor_names(runs) == ["optim.lr × optim.weight_decay"]
+    effects = stats.factor_effects(runs)
+    assert list(effects["level"]) == [
+        "base",
+        "optim.lr=0.1,optim.weight_decay=0.0",
+        "optim.lr=0.1,optim.weight_decay=0.01",
+    ]
+    assert effects["p_value"].iloc[1:].notna().all()
+    assert stats.best_values(effects) == {}  # a combination is not one key's value
+    table = stats.wide_table(runs, "optim.lr × optim.weight_decay")
+    assert list(table.columns) == ["base", *effects["level"].iloc[1:]]
+
+
+def test_format_value_of_numpy_scalars() -> None:
+    assert stats.format_value(np.bool_(True)) == "true"
+    assert (
+        stats.format_value(np.int64(256)) == "256" and stats.format_value(np.float64(0.5)) == "0.5"
+    )

@@ -182,7 +182,8 @@ def _effects_table(effects: pd.DataFrame, label: str, caption: str, *, overview:
             _pvalue(r.p_value),
         )
         if overview:
-            rows.append((r.factor, r.level + (" (base)" if r.is_base else ""), *numbers))
+            level = r.level + (" (base)" if r.is_base and r.level != BASE else "")
+            rows.append((r.factor, level, *numbers))
         else:
             rows.append((r.level, *numbers, "yes" if r.best else "", r.note))
     return Table(header, tuple(rows), caption=caption)

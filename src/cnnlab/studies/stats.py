@@ -149,6 +149,8 @@ def format_value(value: Any) -> str:
     Integral floats print like ints so ``lr: 1`` in a spec and ``1.0`` in a
     resolved config land in the same column.
     """
+    if isinstance(value, np.generic):  # pandas hands back numpy scalars
+        value = value.item()
     if value is None:
         return "none"
     if isinstance(value, bool):
@@ -743,7 +745,9 @@ def wide_table(
     members = factor_levels(runs, factor, base_variant)
     table: dict[str, list[str]] = {}
     for level, group in members.groupby("level", observed=True, sort=True):
-        label = f"{level} (base)" if group["is_base"].any() else str(level)
+        label = str(level)
+        if group["is_base"].any() and label != base_variant:
+            label += " (base)"
         done = group[group["status"] == COMPLETED]
         cells = [format_mean_std(summarize(done[m]), digits) for m in metrics]
         if include_n:
