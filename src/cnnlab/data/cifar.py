@@ -95,6 +95,9 @@ def load_pickle(path: Path, data: bytes) -> Any:
 
 
 def _field(path: Path, batch: Any, key: str) -> Any:
+    """``batch[key]``; keys pickled as bytes (Python 2 ``str`` read as bytes) count too."""
+    if isinstance(batch, dict) and key not in batch and key.encode() in batch:
+        return batch[key.encode()]
     if not isinstance(batch, dict) or key not in batch:
         keys = ", ".join(map(str, batch)) if isinstance(batch, dict) else type(batch).__name__
         raise DataError(f"{path} is not a CIFAR batch: no {key!r} entry (found {keys})")
