@@ -38,28 +38,33 @@ def test_use_log_scale(values: list[float], log: bool) -> None:
     assert plots.use_log_scale(values) is log
 
 
-def test_factor_plots_numeric_and_categorical(study_dir: Path, tmp_path: Path) -> None:
-    runs = stats.collect_runs(study_dir)
-    for factor in ("train.batch_size", "model.activation"):
-        path = plots.plot_factor(runs, factor, "test_acc", tmp_path / f"{factor}.png")
-        assert path == tmp_path / f"{factor}.png"
-        _assert_real_png(path)
-
-
-def test_curves_plot(study_dir: Path, tmp_path: Path) -> None:
-    runs, curves = stats.collect_runs(study_dir), stats.curves(study_dir)
-    path = plots.plot_curves(runs, curves, "train.epochs", tmp_path / "sub" / "curves.png")
-    _assert_real_png(path)
-
-
-def test_effects_plot_and_empty_effects(study_dir: Path, tmp_path: Path) -> None:
-    runs = stats.collect_runs(study_dir)
-    _assert_real_png(plots.plot_effects(stats.factor_effects(runs), "test_acc", tmp_path / "e.png"))
-    empty = stats.factor_effects(runs[runs["variant"] == "base"], "test_acc")
-    assert plots.plot_effects(empty, "test_acc", tmp_path / "none.png").stat().st_size > 1000
+def test_report_figures_are_real_pngs(report_paths: dict[str, Path]) -> None:
+    """The report drew every kind: effects, numeric (log and linear), categorical, curves."""
+    names = sorted(p.name for p in report_paths["figures"].glob("*.png"))
+    assert names == [
+        "00-effects.png",
+        "01-optim-lr-curves.png",
+        "01-optim-lr-test_acc.png",
+        "02-train-batch-size-curves.png",
+        "02-train-batch-size-test_acc.png",
+        "03-model-activation-curves.png",
+        "03-model-activation-test_acc.png",
+        "04-train-epochs-curves.png",
+        "04-train-epochs-test_acc.png",
+    ]
+    for name in names:
+        _assert_real_png(report_paths["figures"] / name)
 
 
 def test_factor_plot_when_a_value_only_diverged(study_dir: Path, tmp_path: Path) -> None:
     runs = stats.collect_runs(study_dir)
     runs.loc[runs["variant"] == "optim.lr=1.7", "status"] = "diverged"
-    _assert_real_png(plots.plot_factor(runs, "optim.lr", "test_acc", tmp_path / "lr.png"))
+    path = plots.plot_factor(runs, "optim.lr", "test_acc", tmp_path / "sub" / "lr.png")
+    assert path == tmp_path / "sub" / "lr.png"
+    _assert_real_png(path)
+
+
+def test_effects_plot_with_nothing_to_compare(study_dir: Path, tmp_path: Path) -> None:
+    runs = stats.collect_runs(study_dir)
+    empty = stats.factor_effects(runs[runs["variant"] == "base"], "test_acc")
+    assert plots.plot_effects(empty, "test_acc", tmp_path / "none.png").stat().st_size > 1000

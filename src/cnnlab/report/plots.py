@@ -1,7 +1,7 @@
-"""The study figures, as PNG files drawn with matplotlib's Agg backend.
+"""The study figures, as PNG files drawn by matplotlib (Agg).
 
 Each function takes the frames from :mod:`cnnlab.studies.stats`, writes one PNG
-and returns its path; matplotlib is imported inside them (Agg, no display) so
+and returns its path; matplotlib is imported inside them (no pyplot, no display) so
 importing cnnlab stays cheap. Error bars and bands are ±1 sample standard
 deviation over repeats, the same spread the tables print as ``mean ± std``.
 """
@@ -33,13 +33,16 @@ BASE_COLOR = "#d62728"
 COLOR = "#1f77b4"
 
 
-def _pyplot() -> Any:
-    import matplotlib
+def _figure(figsize: tuple[float, float]) -> Any:
+    """A bare matplotlib Figure, outside pyplot.
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    Without pyplot there is no global figure registry and no backend switch, so
+    a report written from a notebook leaves the user's backend alone and
+    ``savefig`` renders PNG with Agg.
+    """
+    from matplotlib.figure import Figure
 
-    return plt
+    return Figure(figsize=figsize)
 
 
 def use_log_scale(values: Any) -> bool:
@@ -57,7 +60,6 @@ def _save(fig: Any, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=DPI, format="png")
-    _pyplot().close(fig)
     return path
 
 
@@ -113,10 +115,10 @@ def plot_factor(runs: pd.DataFrame, factor: str, metric: str, path: str | Path) 
     Returns:
         The written path.
     """
-    plt = _pyplot()
     table = _level_stats(factor_levels(runs, factor), metric)
     shown = table[table["n"] > 0]
-    fig, ax = plt.subplots(figsize=FIGSIZE)
+    fig = _figure(FIGSIZE)
+    ax = fig.subplots()
     label = METRIC_LABELS.get(metric, metric)
     if is_numeric(table["value"]):
         x = shown["value"].astype(float).to_numpy()
@@ -181,14 +183,15 @@ def plot_curves(
     Returns:
         The written path.
     """
-    plt = _pyplot()
+    from matplotlib import colormaps
     from matplotlib.ticker import MaxNLocator
 
     members = factor_levels(runs, factor)
     members = members[members["status"] == COMPLETED][["key", "level"]]
     data = curves.merge(members, on="key", how="inner")
-    fig, axes = plt.subplots(1, len(metrics), figsize=(FIGSIZE[0] * 1.6, FIGSIZE[1]), squeeze=False)
-    cmap = plt.get_cmap("viridis")
+    fig = _figure((FIGSIZE[0] * 1.6, FIGSIZE[1]))
+    axes = fig.subplots(1, len(metrics), squeeze=False)
+    cmap = colormaps["viridis"]
     levels = [lv for lv in members["level"].cat.categories if (data["level"] == lv).any()]
     for ax, metric in zip(axes[0], metrics, strict=True):
         for i, level in enumerate(levels):
@@ -230,10 +233,10 @@ def plot_effects(effects: pd.DataFrame, metric: str, path: str | Path) -> Path:
     Returns:
         The written path.
     """
-    plt = _pyplot()
     shown = effects[~effects["is_base"].astype(bool) & effects["diff"].notna()]
     height = max(FIGSIZE[1], 0.28 * len(shown) + 1.2)
-    fig, ax = plt.subplots(figsize=(FIGSIZE[0] * 1.2, height))
+    fig = _figure((FIGSIZE[0] * 1.2, height))
+    ax = fig.subplots()
     if shown.empty:
         ax.text(
             0.5,

@@ -61,7 +61,8 @@ def write_report(study_dir: str | Path, out_dir: str | Path | None = None) -> di
         raise StudyError(
             f"cannot write the report to {str(out)!r}: {exc.strerror or exc}"
         ) from None
-    document = build_document(study_dir, figures)
+    runs = stats.collect_runs(study_dir)
+    document = build_document(study_dir, figures, runs)
     paths = {
         "markdown": out / "report.md",
         "html": out / "report.html",
@@ -71,7 +72,7 @@ def write_report(study_dir: str | Path, out_dir: str | Path | None = None) -> di
     try:
         paths["markdown"].write_text(to_markdown(document, out), encoding="utf-8")
         paths["html"].write_text(to_html(document), encoding="utf-8")
-        stats.long_csv(stats.collect_runs(study_dir), paths["csv"])
+        stats.long_csv(runs, paths["csv"])
     except OSError as exc:
         raise StudyError(
             f"cannot write the report to {str(out)!r}: {exc.strerror or exc}"
@@ -79,12 +80,15 @@ def write_report(study_dir: str | Path, out_dir: str | Path | None = None) -> di
     return paths
 
 
-def build_document(study_dir: str | Path, figures_dir: str | Path) -> Document:
+def build_document(
+    study_dir: str | Path, figures_dir: str | Path, runs: pd.DataFrame | None = None
+) -> Document:
     """Read the study and assemble the report content, drawing figures into ``figures_dir``.
 
     Args:
         study_dir: The study folder.
         figures_dir: Folder for the PNGs (created if needed).
+        runs: The study's runs if already read (so the CSV and the report agree).
 
     Returns:
         The report as a :class:`Document`.
@@ -92,7 +96,7 @@ def build_document(study_dir: str | Path, figures_dir: str | Path) -> Document:
     study_dir, figures_dir = Path(study_dir), Path(figures_dir)
     figures_dir.mkdir(parents=True, exist_ok=True)
     spec = stats.read_spec(study_dir)
-    runs = stats.collect_runs(study_dir)
+    runs = stats.collect_runs(study_dir) if runs is None else runs
     metric = stats.resolve_metric(spec.get("metric") or "test_acc")
     name = str(spec.get("name") or _first(runs["study"]) or study_dir.name)
     effects = stats.factor_effects(runs, metric) if len(runs) else pd.DataFrame()
