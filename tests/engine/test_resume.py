@@ -1,0 +1,62 @@
+"""Exact resume: SIGKILL a CPU run at several points, resume each time, compare bitwise."""
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from cnnlab.engine import checkpoint as ckpt
+from cnnlab.engine.run import read_metrics
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run(run_dir: Path, kill_at: str, resume: bool) -> int:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.engine.killable", str(run_dir), kill_at, "1" if resume else "0"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if proc.returncode not in (0, -signal.SIGKILL, -signal.SIGINT):
+        raise AssertionError(proc.stderr[-3000:])
+    return proc.returncode
+
+
+def _weights(run_dir: Path) -> dict:
+    return ckpt.load_checkpoint(run_dir / "checkpoints" / "last.pt")["model"]
+
+
+@pytest.mark.slow
+def test_sigkill_at_several_points_then_resume_is_bitwise_equal(tmp_path):
+    reference = tmp_path / "reference"
+    assert _run(reference, "none", resume=False) == 0
+
+    killed = tmp_path / "killed"
+    # mid-epoch 1, right after epoch 1 was recorded, mid-epoch 2, Ctrl-C mid-epoch 3
+    # (resumes from the mid-epoch checkpoint), then the last step of epoch 3
+    assert _run(killed, "step:5", resume=False) == -signal.SIGKILL
+    for point in ("epoch:1", "step:13"):
+        assert _run(killed, point, resume=True) == -signal.SIGKILL
+    assert _run(killed, "int:19", resume=True) == -signal.SIGINT
+    assert "interrupted" in (killed / "summary.json").read_text()
+    assert _run(killed, "step:24", resume=True) == -signal.SIGKILL
+    assert _run(killed, "none", resume=True) == 0
+
+    ref_w, got_w = _weights(reference), _weights(killed)
+    assert ref_w.keys() == got_w.keys()
+    for key in ref_w:
+        assert torch.equal(ref_w[key], got_w[key]), key
+
+    ref_rows, got_rows = read_metrics(reference / "metrics.csv"), read_metrics(killed / "metrics.csv")
+    assert [r["epoch"] for r in got_rows] == [1, 2, 3]
+    for a, b in zip(ref_rows, got_rows):
+        for key in ("train_loss", "train_acc", "val_loss", "val_acc", "test_acc", "lr"):
+            assert a[key] == b[key], (key, a, b)
