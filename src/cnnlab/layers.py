@@ -2,17 +2,21 @@
 
 Every model family builds its layers through these factories, so an option such
 as ``activation=gelu`` or ``norm=group`` means the same thing in every network
-and a new choice is one registry entry.
+and a new choice is one registry entry. :class:`LayerConfig` bundles the choices
+a network was asked for, validates them once, and hands out layers built with them.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from cnnlab.errors import ModelError, RegistryError
-from cnnlab.registry import Registry
+from cnnlab.registry import Registry, normalize_name
 
 ACTIVATIONS: Registry[Callable[[], nn.Module]] = Registry("activation")
 NORMS: Registry[Callable[[int, int], nn.Module]] = Registry("norm")
@@ -21,7 +25,9 @@ POOLS: Registry[Callable[..., nn.Module]] = Registry("pool")
 ACTIVATIONS.add("relu", lambda: nn.ReLU(inplace=True), description="max(0, x)")
 ACTIVATIONS.add("sigmoid", nn.Sigmoid, description="logistic sigmoid (classic LeNet)")
 ACTIVATIONS.add("tanh", nn.Tanh, description="hyperbolic tangent")
-ACTIVATIONS.add("leaky-relu", lambda: nn.LeakyReLU(0.01, inplace=True), description="leaky ReLU, slope 0.01")
+ACTIVATIONS.add(
+    "leaky-relu", lambda: nn.LeakyReLU(0.01, inplace=True), description="leaky ReLU, slope 0.01"
+)
 ACTIVATIONS.add("gelu", nn.GELU, description="Gaussian error linear unit")
 ACTIVATIONS.add("silu", lambda: nn.SiLU(inplace=True), description="x * sigmoid(x) (swish)")
 ACTIVATIONS.add("elu", lambda: nn.ELU(inplace=True), description="exponential linear unit")
@@ -59,7 +65,9 @@ def _layer(channels: int, dim: int) -> nn.Module:
 
 
 def _group(channels: int, dim: int) -> nn.Module:
-    return nn.GroupNorm(_group_count(channels), channels) if dim == 2 else nn.LayerNorm(channels)
+    if dim == 2:
+        return nn.GroupNorm(_group_count(channels), channels)
+    return nn.LayerNorm(channels)
 
 
 NORMS.add("batch", _batch, description="batch normalization")
@@ -83,7 +91,7 @@ def _lookup(registry: Registry, name: str, option: str):
 
 
 def get_act(name: str) -> nn.Module:
-    """A fresh activation module for ``name`` (relu, sigmoid, tanh, leaky-relu, gelu, silu, ...)."""
+    """A fresh activation module for ``name`` (relu, sigmoid, tanh, leaky-relu, gelu, ...)."""
     return _lookup(ACTIVATIONS, name, "activation")()
 
 
@@ -98,17 +106,41 @@ def get_pool(name: str, kernel_size: int, stride: int | None = None, padding: in
 
 
 def check_choice(name: str, registry: Registry, option: str) -> str:
-    """Validate a registry-backed option early (at model construction)."""
+    """Validate a registry-backed option early (at model construction); return its canonical name."""
     _lookup(registry, name, option)
-    from cnnlab.registry import normalize_name
-
     return normalize_name(name)
+
+
+def check_dropout(p: float) -> float:
+    """Validate a dropout probability; 1.0 is refused because it zeroes every activation."""
+    if isinstance(p, bool) or not isinstance(p, int | float) or not 0.0 <= p < 1.0:
+        raise ModelError(f"dropout={p!r} is not allowed; use a probability in [0, 1)")
+    return float(p)
+
+
+def make_dropout(p: float) -> nn.Module:
+    """``nn.Dropout(p)``, or an identity when ``p == 0`` so it adds no row to a summary."""
+    return nn.Dropout(check_dropout(p)) if p > 0 else nn.Identity()
+
+
+def scale_width(channels: int, width: float) -> int:
+    """``channels * width`` rounded, at least 1: the width multiplier of VGG/ResNet ablations."""
+    if isinstance(width, bool) or not isinstance(width, int | float) or width <= 0:
+        raise ModelError(f"width={width!r} is not allowed; use a positive multiplier such as 0.5")
+    return max(1, round(channels * width))
+
+
+def _named(*layers: tuple[str, nn.Module]) -> OrderedDict[str, nn.Module]:
+    """Children in order, dropping identities so summaries show only real layers."""
+    return OrderedDict((n, m) for n, m in layers if not isinstance(m, nn.Identity))
 
 
 class ConvNormAct(nn.Sequential):
     """conv -> norm -> act (or conv -> act -> norm with ``norm_after_act``).
 
-    The conv has no bias when a norm with a shift follows it directly, as in
+    Children are named ``conv``, ``norm``, ``act`` (absent when they would be an
+    identity), so layer names in summaries and ``--layer`` options read well. The
+    conv has no bias when a norm with a shift follows it directly, as in
     torchvision, so parameter counts match the reference networks.
     """
 
@@ -128,12 +160,143 @@ class ConvNormAct(nn.Sequential):
         if padding is None:
             padding = kernel_size // 2
         if bias is None:
-            bias = norm == "none" or norm_after_act
+            bias = normalize_name(norm) == "none" or norm_after_act
         conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias=bias)
-        n = get_norm(norm, out_channels)
-        a = get_act(activation)
-        layers = [conv, a, n] if norm_after_act else [conv, n, a]
-        super().__init__(*[m for m in layers if not isinstance(m, nn.Identity)] or [conv])
+        n, a = get_norm(norm, out_channels), get_act(activation)
+        order = [("act", a), ("norm", n)] if norm_after_act else [("norm", n), ("act", a)]
+        super().__init__(_named(("conv", conv), *order))
+
+
+class NormActConv(nn.Sequential):
+    """norm -> act -> conv: the pre-activation unit of DenseNet and pre-act ResNet.
+
+    The conv keeps a bias only without normalization; otherwise the next unit's
+    norm absorbs any shift (torchvision's DenseNet does the same).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        padding: int | None = None,
+        *,
+        activation: str = "relu",
+        norm: str = "batch",
+    ) -> None:
+        if padding is None:
+            padding = kernel_size // 2
+        bias = normalize_name(norm) == "none"
+        conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias=bias)
+        super().__init__(
+            _named(
+                ("norm", get_norm(norm, in_channels)), ("act", get_act(activation)), ("conv", conv)
+            )
+        )
+
+
+class LinearNormAct(nn.Sequential):
+    """linear -> norm -> act -> dropout: one hidden layer of an MLP or classic classifier."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        activation: str = "relu",
+        norm: str = "none",
+        norm_after_act: bool = False,
+        dropout: float = 0.0,
+    ) -> None:
+        bias = normalize_name(norm) == "none" or norm_after_act
+        n, a = get_norm(norm, out_features, dim=1), get_act(activation)
+        order = [("act", a), ("norm", n)] if norm_after_act else [("norm", n), ("act", a)]
+        linear = nn.Linear(in_features, out_features, bias=bias)
+        super().__init__(_named(("linear", linear), *order, ("drop", make_dropout(dropout))))
+
+
+@dataclass(frozen=True)
+class LayerConfig:
+    """The layer choices a network was asked for, validated once at construction.
+
+    Families pass one of these to their blocks instead of threading four
+    arguments through every constructor; a bad name fails here, naming the option,
+    even for a layer the chosen variant never builds.
+    """
+
+    activation: str = "relu"
+    norm: str = "batch"
+    pool: str = "max"
+    norm_after_act: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "activation", check_choice(self.activation, ACTIVATIONS, "activation")
+        )
+        object.__setattr__(self, "norm", check_choice(self.norm, NORMS, "norm"))
+        object.__setattr__(self, "pool", check_choice(self.pool, POOLS, "pool"))
+        if not isinstance(self.norm_after_act, bool):
+            raise ModelError(
+                f"norm_after_act={self.norm_after_act!r} is not allowed; use true or false"
+            )
+
+    def act(self) -> nn.Module:
+        return get_act(self.activation)
+
+    def norm_layer(self, channels: int, dim: int = 2) -> nn.Module:
+        return get_norm(self.norm, channels, dim)
+
+    def pool_layer(
+        self, kernel_size: int, stride: int | None = None, padding: int = 0
+    ) -> nn.Module:
+        return get_pool(self.pool, kernel_size, stride, padding)
+
+    def conv(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        padding: int | None = None,
+        *,
+        act: bool = True,
+        bias: bool | None = None,
+    ) -> ConvNormAct:
+        """conv-norm-act with this config; ``act=False`` for the conv before a residual add."""
+        return ConvNormAct(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            activation=self.activation if act else "identity",
+            norm=self.norm,
+            norm_after_act=self.norm_after_act,
+            bias=bias,
+        )
+
+    def preact_conv(
+        self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1
+    ) -> NormActConv:
+        return NormActConv(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            activation=self.activation,
+            norm=self.norm,
+        )
+
+    def linear(self, in_features: int, out_features: int, *, dropout: float = 0.0) -> LinearNormAct:
+        return LinearNormAct(
+            in_features,
+            out_features,
+            activation=self.activation,
+            norm=self.norm,
+            norm_after_act=self.norm_after_act,
+            dropout=dropout,
+        )
 
 
 class ClassifierHead(nn.Module):
@@ -143,12 +306,14 @@ class ClassifierHead(nn.Module):
     same for every network that ends this way.
     """
 
-    def __init__(self, in_features: int, num_classes: int, *, dropout: float = 0.0, pool: str = "avg") -> None:
+    def __init__(
+        self, in_features: int, num_classes: int, *, dropout: float = 0.0, pool: str = "avg"
+    ) -> None:
         super().__init__()
         self.global_pool = nn.AdaptiveAvgPool2d(1) if pool == "avg" else nn.AdaptiveMaxPool2d(1)
         self.flatten = nn.Flatten(1)
-        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.drop = make_dropout(dropout)
         self.fc = nn.Linear(in_features, num_classes)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.drop(self.flatten(self.global_pool(x))))

@@ -7,17 +7,15 @@ and returns a :class:`~cnnlab.models.base.Network`.
 
 from __future__ import annotations
 
-import copy
 import importlib
 import inspect
 from collections.abc import Callable
 from typing import Any
 
-import torch
 from torch import nn
 
-from cnnlab.errors import ModelError, RegistryError
-from cnnlab.models.base import Network
+from cnnlab.errors import ModelError
+from cnnlab.models.base import Network, meta_forward
 from cnnlab.registry import Registry
 
 MODELS: Registry[Callable[..., Network]] = Registry("model")
@@ -63,11 +61,17 @@ def default_input_size(name: str) -> tuple[int, int] | None:
     return MODELS.entry(name).meta.get("input_size")
 
 
+def default_in_channels(name: str) -> int:
+    """Channels of the data a model was designed for: 3 for the CIFAR variants, else 1."""
+    _load_families()
+    return int(MODELS.entry(name).meta.get("in_channels", 1))
+
+
 def create_model(
     name: str,
     *,
     num_classes: int = 10,
-    in_channels: int = 1,
+    in_channels: int | None = None,
     input_size: int | tuple[int, int] | None = None,
     check: bool = True,
     **options: Any,
@@ -77,19 +81,23 @@ def create_model(
     Args:
         name: registry name (``lenet5``, ``resnet18``, ...); ``cnnlab models`` lists them.
         num_classes: size of the output layer.
-        in_channels: 1 for grayscale, 3 for colour.
+        in_channels: 1 for grayscale, 3 for colour; defaults to the model's own
+            (see :func:`default_in_channels`).
         input_size: ``H`` or ``(H, W)`` of the images; defaults to the model's own.
         check: dry-run a batch on the meta device so an input size the network
             cannot take fails here, naming the layer, rather than at the first batch.
-        **options: family options (``activation``, ``norm``, ``pool``, ``dropout``, ...).
+        **options: family options (``activation``, ``norm``, ``pool``, ``dropout``, ...);
+            :func:`model_options` lists them with their defaults.
 
     Raises:
-        RegistryError: unknown name. ModelError: unknown option or impossible shape.
+        RegistryError: unknown name. ModelError: unknown option, bad value or impossible shape.
     """
     _load_families()
     entry = MODELS.entry(name)
     if input_size is None:
         input_size = entry.meta.get("input_size", (28, 28))
+    if in_channels is None:
+        in_channels = int(entry.meta.get("in_channels", 1))
     if isinstance(input_size, int):
         input_size = (input_size, input_size)
     input_size = tuple(int(s) for s in input_size)
@@ -100,15 +108,17 @@ def create_model(
             f"model {entry.name!r} has no option {unknown[0]!r}; "
             f"options: {', '.join(sorted(allowed)) or 'none'}"
         )
-    if num_classes < 1 or in_channels < 1 or min(input_size) < 1:
+    if num_classes < 1 or in_channels < 1 or len(input_size) != 2 or min(input_size) < 1:
         raise ModelError(
-            f"num_classes, in_channels and input size must be positive, got "
+            f"num_classes, in_channels and input size (H, W) must be positive, got "
             f"{num_classes}, {in_channels}, {input_size}"
         )
     try:
         model = entry.obj(
             num_classes=num_classes, in_channels=in_channels, input_size=input_size, **options
         )
+    except ModelError as exc:
+        raise ModelError(f"model {entry.name!r}: {exc}") from None
     except (TypeError, ValueError) as exc:
         raise ModelError(f"model {entry.name!r}: {exc}") from None
     if check:
@@ -116,28 +126,23 @@ def create_model(
     return model
 
 
-def check_input_size(model: nn.Module, in_channels: int, input_size: tuple[int, int], *, name: str = "model") -> None:
-    """Run a meta-device forward pass; raise ModelError naming the layer that breaks."""
-    meta = copy.deepcopy(model).to("meta").eval()
-    entered: list[str] = []
-    handles = [
-        m.register_forward_pre_hook(lambda mod, args, _n=n: entered.append(_n))
-        for n, m in meta.named_modules()
-        if n and not list(m.children())
-    ]
+def check_input_size(
+    model: nn.Module, in_channels: int, input_size: tuple[int, int], *, name: str = "model"
+) -> None:
+    """Dry-run ``model`` on the meta device; raise ModelError naming the layer that breaks."""
     try:
-        with torch.no_grad():
-            meta(torch.empty(2, in_channels, *input_size, device="meta"))
-    except (RuntimeError, ValueError, IndexError) as exc:
-        layer = entered[-1] if entered else "input"
-        reason = str(exc).strip().splitlines()[0]
-        raise ModelError(
-            f"{name} cannot take input {in_channels}x{input_size[0]}x{input_size[1]}: "
-            f"layer '{layer}' fails ({reason})"
-        ) from None
-    finally:
-        for h in handles:
-            h.remove()
+        meta_forward(model, (in_channels, *input_size))
+    except ModelError as exc:
+        raise ModelError(f"model {name!r}: {exc}") from None
 
 
-__all__ = ["MODELS", "Network", "create_model", "list_models", "model_options", "default_input_size", "RegistryError"]
+__all__ = [
+    "MODELS",
+    "Network",
+    "check_input_size",
+    "create_model",
+    "default_in_channels",
+    "default_input_size",
+    "list_models",
+    "model_options",
+]

@@ -1,27 +1,154 @@
-"""The surface every cnnlab network shares.
+"""The surface every cnnlab network shares, and the meta-device dry run.
 
 ``features`` maps an image batch to the last feature map, ``head`` maps that to
 logits. Tools that look inside a network (CAM, Grad-CAM, feature maps, the
-summary table) rely only on this split, never on a family's internals.
+summary table) rely only on this split and on :meth:`Network.default_cam_layer`,
+never on a family's internals.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from itertools import chain
+from typing import TypeVar
+
 import torch
 from torch import nn
+from torch.func import functional_call
+
+from cnnlab.errors import ExplainError, ModelError
+from cnnlab.registry import normalize_name
+
+T = TypeVar("T")
+
+# Batch size of dry runs: 2, because batch norm in training mode refuses a batch of one.
+_DRY_BATCH = 2
+
+
+def choose(choices: Mapping[str, T], value: str, option: str) -> T:
+    """Look up a family-specific choice (``stem``, ``block``, ...) with a one-line error."""
+    key = normalize_name(value) if isinstance(value, str) else value
+    if key not in choices:
+        raise ModelError(f"{option}={value!r} is not allowed; choose one of: {', '.join(choices)}")
+    return choices[key]
+
+
+def _shape_text(shape: tuple[int, ...]) -> str:
+    return "x".join(str(s) for s in shape)
+
+
+# Normalization layers keep their input's shape; on meta tensors torch runs them through
+# Python decompositions (~10 ms each), so dry runs pass their input straight through.
+_SHAPE_PRESERVING = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+@contextmanager
+def _dry_run_mode(module: nn.Module) -> Iterator[None]:
+    """Eval mode and pass-through norms for the duration of a dry run; restored after."""
+    modes = [(m, m.training) for m in module.modules()]
+    norms = [m for m in module.modules() if isinstance(m, _SHAPE_PRESERVING)]
+    module.eval()  # shapes are the same; it also spares batch norm's batch-size check
+    for m in norms:
+        m.forward = _identity
+    try:
+        yield
+    finally:
+        for m in norms:
+            del m.forward
+        for m, mode in modes:
+            m.training = mode
+
+
+def meta_forward(
+    module: nn.Module, input_shape: tuple[int, ...], *, prefix: str = ""
+) -> torch.Size:
+    """Run ``module`` on a meta tensor of shape ``(2, *input_shape)``; return the output shape.
+
+    The weights are swapped for meta stand-ins through ``functional_call``, so the
+    pass costs no arithmetic, allocates nothing and leaves the module (weights,
+    device, train/eval mode, running statistics) as it was. Forward hooks fire,
+    which is what :func:`cnnlab.models.summary.summary` relies on.
+
+    Raises:
+        ModelError: the input cannot pass; the message names the innermost module
+            (as ``prefix`` + its name in ``named_modules()``) that was running and
+            torch's reason.
+    """
+    running: list[str] = []  # names of the modules whose forward has begun and not ended
+
+    def leave(mod: nn.Module, args: object, out: object) -> None:
+        running.pop()  # returns None: a forward hook's return value would replace the output
+
+    handles = []
+    for name, mod in module.named_modules():
+        handles.append(mod.register_forward_pre_hook(lambda m, a, _n=name: running.append(_n)))
+        handles.append(mod.register_forward_hook(leave))
+    tensors = chain(
+        module.named_parameters(remove_duplicate=False),
+        module.named_buffers(remove_duplicate=False),
+    )
+    meta = {n: torch.empty_like(t, device="meta") for n, t in tensors}
+    x = torch.empty(_DRY_BATCH, *input_shape, device="meta")
+    try:
+        with torch.no_grad(), _dry_run_mode(module):
+            out = functional_call(module, meta, (x,), strict=False)
+    except (RuntimeError, ValueError, IndexError) as exc:
+        inner = running[-1] if running else ""
+        layer = (prefix + inner).rstrip(".") or "input"
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(
+            f"cannot take input {_shape_text(input_shape)}: layer '{layer}' fails ({reason})"
+        ) from None
+    finally:
+        for h in handles:
+            h.remove()
+    return out.shape
+
+
+def output_shape(
+    module: nn.Module, input_shape: tuple[int, ...], *, prefix: str = ""
+) -> tuple[int, ...]:
+    """Per-sample output shape of ``module`` (batch dimension dropped); see :func:`meta_forward`.
+
+    Families use it to size the first linear layer after ``features`` from the
+    real input size, instead of hard-wiring ImageNet's 7x7 or LeNet's 5x5.
+    """
+    return tuple(meta_forward(module, input_shape, prefix=prefix)[1:])
 
 
 class Network(nn.Module):
     """Base class: ``forward(x) == head(features(x))``.
 
     Subclasses set ``self.features`` and ``self.head`` in ``__init__``. A network
-    whose head is global average pooling followed by one linear layer sets
-    ``gap_head = True`` so CAM can use the classifier weights directly.
+    whose head is global average pooling followed by one linear layer (or, like
+    NiN, global average pooling of per-class maps) sets ``gap_head = True`` so
+    :meth:`class_activation_maps` is defined, and every
+    convolutional network sets ``cam_layer`` to the module whose output is its
+    last convolutional feature map (the default layer of Grad-CAM).
     """
 
     features: nn.Module
     head: nn.Module
     gap_head: bool = False
+    cam_layer: str = ""
+
+    def __init__(
+        self,
+        *,
+        num_classes: int | None = None,
+        in_channels: int | None = None,
+        input_size: tuple[int, int] | None = None,
+    ) -> None:
+        super().__init__()
+        # Kept for tools that rebuild inputs (summary, explain); not used by forward.
+        self.num_classes = num_classes
+        self.in_channels = in_channels
+        self.input_size = tuple(input_size) if input_size is not None else None
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
@@ -44,3 +171,36 @@ class Network(nn.Module):
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    def default_cam_layer(self) -> str:
+        """Dotted name of the module whose output is the last convolutional feature map.
+
+        Falls back to the last ``nn.Conv2d`` inside ``features`` when a subclass
+        does not say. Raises ModelError for a network without convolutions (MLP).
+        """
+        names = dict(self.named_modules())
+        if self.cam_layer and self.cam_layer in names:
+            return self.cam_layer
+        convs = [n for n, m in self.features.named_modules() if isinstance(m, nn.Conv2d)]
+        if not convs:
+            raise ModelError(
+                f"{type(self).__name__} has no convolutional layer to explain; "
+                "pass a layer name shown by 'cnnlab summary'"
+            )
+        return f"features.{convs[-1]}"
+
+    def class_activation_maps(self, feature_map: torch.Tensor) -> torch.Tensor:
+        """CAM: one map per class from the output of ``forward_features``, shape N x K x H x W.
+
+        ``map_k = sum_c w_kc * feature_map_c`` with ``w`` the classifier weights, so
+        in eval mode ``map_k.mean((-2, -1)) + bias_k`` equals logit ``k`` exactly
+        (Zhou et al. 2016). Only defined when the head is global average pooling
+        followed by one linear layer (``gap_head``).
+        """
+        if not self.gap_head:
+            raise ExplainError(
+                f"{type(self).__name__} does not end in global average pooling + one linear "
+                "layer, so CAM is undefined for it; use gradcam"
+            )
+        weight = self.get_classifier().weight
+        return torch.einsum("kc,nchw->nkhw", weight, feature_map)
