@@ -8,6 +8,7 @@ class names and normalization so a consumer can prepare inputs the same way.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -51,7 +52,11 @@ def export_run(run: Run, fmt: str = "onnx", out: str | Path | None = None, check
     model = load_model(run, checkpoint, "cpu")
     example = torch.randn(2, info["in_channels"], *info["input_size"])
     try:
-        entry.obj(model, example, out)
+        with warnings.catch_warnings():
+            # torch announces deprecations of the tracing exporters; the files they write are fine.
+            warnings.simplefilter("ignore", category=DeprecationWarning)
+            warnings.simplefilter("ignore", category=FutureWarning)
+            entry.obj(model, example, out)
     except OSError as exc:
         raise RunError(f"cannot write {str(out)!r}: {exc.strerror or exc}") from None
     meta = {"format": entry.name, "checkpoint": checkpoint, "input": "float32 N x C x H x W, normalized", **info}

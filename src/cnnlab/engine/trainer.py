@@ -167,14 +167,21 @@ def _prepare_run_dir(config: RunConfig, run_dir: Path | None, name: str | None, 
         raise RunError(
             f"run folder {str(run_dir)!r} already holds a run; resume it with --resume {run_dir} or choose another --name"
         )
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise RunError(f"cannot write to run folder {str(run_dir)!r}: {exc.strerror or exc}") from None
+    # Check now, create later: a run that fails before training leaves no empty folder behind.
+    existing = run_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        why = "not a folder" if not existing.is_dir() else "permission denied"
+        raise RunError(f"cannot write to run folder {str(run_dir)!r}: {str(existing)!r} is {why}")
     return run_dir
+
+
+def _make_run_folder(path: Path) -> RunFolder:
+    try:
+        return RunFolder(path)
+    except OSError as exc:
+        raise RunError(f"cannot write to run folder {str(path)!r}: {exc.strerror or exc}") from None
 
 
 def train(
@@ -219,7 +226,6 @@ def train(
     cfg = config
 
     path = _prepare_run_dir(cfg, Path(run_dir) if run_dir else None, name, Path(runs_root), resume)
-    folder = RunFolder(path)
     device = resolve_device(cfg.train.device)
     notes: list[str] = []
     if device.type != "cuda":
@@ -256,6 +262,8 @@ def train(
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.train.precision == "fp16")
     forward = torch.compile(model) if cfg.train.compile else model
     autocast = _autocast(cfg, device)
+
+    folder = _make_run_folder(path)
 
     # -- restore
     state = TrainState()

@@ -1,0 +1,120 @@
+"""The train / evaluate / predict / export commands, end to end on a generated ImageFolder tree."""
+
+import json
+
+import pytest
+from PIL import Image
+
+from cnnlab.cli import main
+from tests.engine.synthetic import CLASSES, patch_images
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    root = tmp_path_factory.mktemp("patches")
+    for split, n, seed in (("train", 160, 0), ("test", 40, 2)):
+        images, labels = patch_images(n, seed)
+        for i, (img, label) in enumerate(zip(images, labels.tolist())):
+            folder = root / split / CLASSES[label]
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img[0].numpy()).save(folder / f"{i:04d}.png")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path / "cache"))
+
+
+def _train_args(tree, runs, *extra):
+    return [
+        "train",
+        "data=imagefolder",
+        f"data.root={tree}",
+        "model=lenet5-modern",
+        "train.epochs=2",
+        "train.batch_size=32",
+        "optim.lr=0.05",
+        "optim.momentum=0.9",
+        "--runs",
+        str(runs),
+        "--name",
+        "r",
+        *extra,
+    ]
+
+
+def _one_line_error(capsys, needle):
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
+    assert needle in err, err
+    return err
+
+
+def test_train_evaluate_predict_export(tree, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    assert main(_train_args(tree, runs)) == 0
+    out = capsys.readouterr().out
+    assert "epoch 1," in out and "epoch 2," in out
+    assert "examples/sec on cpu" in out
+    run = runs / "r"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["data"]["classes"] == sorted(CLASSES)
+
+    assert main(["evaluate", str(run), "--split", "val"]) == 0
+    out = capsys.readouterr().out
+    assert "accuracy" in out and (run / "confusion.png").is_file()
+
+    preds = tmp_path / "test.txt"
+    probs = tmp_path / "probs.csv"
+    assert main(["predict", str(run), "--split", "test", "--out", str(preds), "--probs", str(probs)]) == 0
+    lines = preds.read_text().splitlines()
+    assert len(lines) == 40 and set(lines) <= set(CLASSES)
+    assert probs.read_text().splitlines()[0].startswith("index,predicted,")
+
+    some = next((tree / "test" / CLASSES[0]).iterdir())
+    capsys.readouterr()
+    assert main(["predict", str(run), str(some), "--top-k", "2"]) == 0
+    assert str(some) in capsys.readouterr().out
+
+    assert main(["export", str(run), "--format", "torchscript", "--out", str(tmp_path / "m.pt")]) == 0
+    assert (tmp_path / "m.pt").is_file()
+
+    # a second train into the same name is refused and leaves the run intact
+    before = (run / "metrics.csv").read_text()
+    assert main(_train_args(tree, runs)) == 2
+    _one_line_error(capsys, "already holds a run")
+    assert (run / "metrics.csv").read_text() == before
+
+    # resume of a finished run does nothing and succeeds
+    assert main(["train", "--resume", str(run)]) == 0
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["train", "optim.lr=-3"], "optim.lr=-3"),
+        (["train", "optim.lrr=3"], "unknown key 'optim.lrr'"),
+        (["train", "model=lenet6"], "model.name='lenet6'"),
+        (["train", "data=imagenet"], "data.name='imagenet'"),
+        (["train", "train.batch_size=big"], "train.batch_size='big'"),
+        (["train", "lr0.1"], "must look like key=value"),
+        (["train", "--resume", "/nonexistent/run"], "not a run folder"),
+        (["train", "--config", "/nonexistent/run.yaml"], "cannot read config file"),
+        (["evaluate", "/nonexistent/run"], "not a run folder"),
+        (["predict", "/nonexistent/run"], "not a run folder"),
+        (["export", "/nonexistent/run"], "not a run folder"),
+        (["train", "--bogus"], "No such option"),
+    ],
+)
+def test_bad_input_is_one_line_and_status_2(args, needle, capsys):
+    assert main(args) == 2
+    _one_line_error(capsys, needle)
+
+
+def test_model_that_cannot_take_the_input_fails_before_training(tree, tmp_path, capsys):
+    # classic AlexNet needs large inputs; a 28-pixel tree must fail at construction, naming a layer
+    assert main(_train_args(tree, tmp_path / "runs", "model=alexnet")) == 2
+    err = _one_line_error(capsys, "cannot take input")
+    assert "layer" in err
+    assert not (tmp_path / "runs").exists()  # nothing left behind
