@@ -118,3 +118,21 @@ def test_model_that_cannot_take_the_input_fails_before_training(tree, tmp_path, 
     err = _one_line_error(capsys, "cannot take input")
     assert "layer" in err
     assert not (tmp_path / "runs").exists()  # nothing left behind
+
+
+def test_devices_2_relaunches_under_torchrun_with_a_fixed_name(tree, tmp_path, monkeypatch):
+    # the launch itself is covered by tests/engine/test_distributed.py; here: what the CLI asks for
+    import cnnlab.engine.distributed as distributed
+
+    calls = []
+    monkeypatch.setattr(distributed, "launch", lambda n, args: calls.append((n, list(args))) or 0)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    args = _train_args(tree, tmp_path / "runs", "train.devices=2")
+    args.remove("--name")
+    args.remove("r")
+    assert main(args) == 0
+    (n, relaunched), = calls
+    assert n == 2 and relaunched[0] == "train" and "train.devices=2" in relaunched
+    name = relaunched[relaunched.index("--name") + 1]
+    assert name.endswith("-lenet5-modern-imagefolder")
+    assert not (tmp_path / "runs").exists()

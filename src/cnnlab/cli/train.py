@@ -40,7 +40,13 @@ class Progress:
     def _ensure_bar(self, epoch: int) -> None:
         if not self.interactive or self._bar is not None:
             return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress as RichProgress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
 
         self._bar = RichProgress(
             TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"),
@@ -51,7 +57,9 @@ class Progress:
             transient=True,
         )
         self._bar.start()
-        self._task = self._bar.add_task("train", total=self.steps, epoch=epoch, epochs=self.epochs, stats="")
+        self._task = self._bar.add_task(
+            "train", total=self.steps, epoch=epoch, epochs=self.epochs, stats=""
+        )
 
     def _on_step(self, info: dict[str, Any]) -> None:
         if not self.interactive:
@@ -70,7 +78,9 @@ class Progress:
         line = _epoch_line(info["row"])
         if self._bar is not None:
             self._bar.console.print(line)
-            self._bar.reset(self._task, total=self.steps, completed=0, epoch=info["row"]["epoch"] + 1, stats="")
+            self._bar.reset(
+                self._task, total=self.steps, completed=0, epoch=info["row"]["epoch"] + 1, stats=""
+            )
         else:
             typer.echo(line)
 
@@ -85,12 +95,26 @@ class Progress:
 
 @app.command(context_settings={"allow_extra_args": False})
 def train(
-    overrides: Annotated[list[str] | None, typer.Argument(help="dotted overrides, e.g. model=resnet18 optim.lr=0.05 train.epochs=30")] = None,
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML run config read before the overrides")] = None,
-    name: Annotated[str | None, typer.Option("--name", help="run name (default: timestamp-model-data)")] = None,
-    runs_root: Annotated[Path, typer.Option("--runs", help="folder that holds run folders")] = Path("runs"),
-    resume: Annotated[Path | None, typer.Option("--resume", help="continue the run in this folder")] = None,
-    data_dir: Annotated[str | None, typer.Option("--data-dir", help="extra data locations (path list)")] = None,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Argument(help="dotted overrides, e.g. model=resnet18 optim.lr=0.05 train.epochs=30"),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="YAML run config read before the overrides"),
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option("--name", help="run name (default: timestamp-model-data)")
+    ] = None,
+    runs_root: Annotated[Path, typer.Option("--runs", help="folder that holds run folders")] = Path(
+        "runs"
+    ),
+    resume: Annotated[
+        Path | None, typer.Option("--resume", help="continue the run in this folder")
+    ] = None,
+    data_dir: Annotated[
+        str | None, typer.Option("--data-dir", help="extra data locations (path list)")
+    ] = None,
 ) -> None:
     """Train one model on one data set (default: textbook LeNet-5 on Fashion-MNIST)."""
     from cnnlab.config import load_config
@@ -102,24 +126,61 @@ def train(
         overrides.append(f"data.data_dir={data_dir}")
     if resume is not None:
         if not (resume / "config.yaml").is_file():
-            raise RunError(f"{str(resume)!r} is not a run folder (no config.yaml); nothing to resume")
+            raise RunError(
+                f"{str(resume)!r} is not a run folder (no config.yaml); nothing to resume"
+            )
         if config is not None or overrides:
-            raise RunError("--resume continues a run with its saved config; drop --config and the overrides")
+            raise RunError(
+                "--resume continues a run with its saved config; drop --config and the overrides"
+            )
         cfg = None
     else:
         cfg = load_config(config, overrides)
+    devices = cfg.train.devices if cfg is not None else _saved_devices(resume)
+    if devices > 1:
+        from cnnlab.engine import distributed
+
+        if not distributed.launched_by_torchrun():
+            # Re-run this command under torchrun, one process per device, with a fixed name
+            # so every rank writes to the same run folder.
+            from cnnlab.engine.run import default_run_name
+
+            args = ["train", "--runs", str(runs_root)]
+            if resume is not None:
+                args += ["--resume", str(resume)]
+            else:
+                args += [*overrides, "--name", name or default_run_name(cfg)]
+                if config is not None:
+                    args += ["--config", str(config)]
+            raise typer.Exit(distributed.launch(devices, args))
     progress = Progress()
     try:
-        run = run_training(cfg, run_dir=resume, name=name, runs_root=runs_root, resume=resume is not None, callback=progress)
+        run = run_training(
+            cfg,
+            run_dir=resume,
+            name=name,
+            runs_root=runs_root,
+            resume=resume is not None,
+            callback=progress,
+        )
     except KeyboardInterrupt:
         progress.close()
         where = resume or "runs/<name>"
-        typer.echo(f"interrupted; the checkpoint is saved. Resume with: cnnlab train --resume {where}", err=True)
+        typer.echo(
+            f"interrupted; the checkpoint is saved. Resume with: cnnlab train --resume {where}",
+            err=True,
+        )
         raise typer.Exit(130) from None
     finally:
         progress.close()
     typer.echo(summary_line(run.summary))
     typer.echo(f"run folder: {run.path}")
+
+
+def _saved_devices(run_dir: Path) -> int:
+    from cnnlab.config import build_config, read_yaml
+
+    return build_config(read_yaml(run_dir / "config.yaml")).train.devices
 
 
 def _load_run(path: Path):
@@ -156,9 +217,15 @@ def evaluate(
 def predict(
     run_dir: Annotated[Path, typer.Argument(help="run folder")],
     files: Annotated[list[Path] | None, typer.Argument(help="image files to classify")] = None,
-    split: Annotated[str, typer.Option("--split", help="predict a whole split: test, val or train")] = "test",
-    out: Annotated[Path | None, typer.Option("--out", help="write one predicted class per line")] = None,
-    probs: Annotated[Path | None, typer.Option("--probs", help="write class probabilities as CSV")] = None,
+    split: Annotated[
+        str, typer.Option("--split", help="predict a whole split: test, val or train")
+    ] = "test",
+    out: Annotated[
+        Path | None, typer.Option("--out", help="write one predicted class per line")
+    ] = None,
+    probs: Annotated[
+        Path | None, typer.Option("--probs", help="write class probabilities as CSV")
+    ] = None,
     top_k: Annotated[int, typer.Option("--top-k", min=1)] = 3,
     checkpoint: Annotated[str, typer.Option("--checkpoint", help="best or last")] = "best",
     device: Annotated[str, typer.Option("--device")] = "auto",
@@ -172,7 +239,9 @@ def predict(
         return
     for target in (out, probs):
         if target is not None and not target.parent.exists():
-            raise RunError(f"cannot write {str(target)!r}: folder {str(target.parent)!r} does not exist")
+            raise RunError(
+                f"cannot write {str(target)!r}: folder {str(target.parent)!r} does not exist"
+            )
     result = run.predict(split=split, checkpoint=checkpoint, device=device)
     names = [result.classes[i] for i in result.predicted.tolist()]
     text = "\n".join(names) + "\n"
@@ -196,7 +265,9 @@ def predict(
 def export(
     run_dir: Annotated[Path, typer.Argument(help="run folder")],
     fmt: Annotated[str, typer.Option("--format", help="onnx or torchscript")] = "onnx",
-    out: Annotated[Path | None, typer.Option("--out", help="output file (default: in the run folder)")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="output file (default: in the run folder)")
+    ] = None,
     checkpoint: Annotated[str, typer.Option("--checkpoint", help="best or last")] = "best",
 ) -> None:
     """Export the trained model to ONNX or TorchScript."""

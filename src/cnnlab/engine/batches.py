@@ -53,7 +53,9 @@ class BatchPipeline:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     channels_last: bool = False
 
-    def __call__(self, x: torch.Tensor, g: torch.Generator | None = None, train: bool = False) -> torch.Tensor:
+    def __call__(
+        self, x: torch.Tensor, g: torch.Generator | None = None, train: bool = False
+    ) -> torch.Tensor:
         x = T.normalize(x, self.mean, self.std) if self.mean else T.to_float(x)
         if self.size is not None and tuple(x.shape[-2:]) != self.size:
             x = T.resize(x, self.size)
@@ -84,26 +86,24 @@ def train_batches(
     seed: int,
     epoch: int,
     start_batch: int = 0,
-    rank: int = 0,
-    world_size: int = 1,
 ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, torch.Generator]]:
     """Yield ``(batch_index, x_uint8, y, augment_generator)`` for one epoch.
 
-    The last partial batch is kept (as the textbook loop does). With
-    ``world_size > 1`` each rank takes its own contiguous shard of every
-    global batch, so the union over ranks is exactly the single-process batch.
+    The last partial batch is kept (as the textbook loop does). A distributed
+    run augments the whole global batch with the same generator and then takes
+    its shard, so every image is augmented exactly as in a single process.
     """
     device = images.device
     order = epoch_order(len(images), seed, epoch, device)
     steps = (len(images) + batch_size - 1) // batch_size
     for b in range(start_batch, steps):
         idx = order[b * batch_size : (b + 1) * batch_size]
-        if world_size > 1:
-            idx = idx.tensor_split(world_size)[rank]
         g = generator(derive_seed(seed, epoch, b, 1))
         yield b, images[idx], labels[idx], g
 
 
-def eval_batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def eval_batches(
+    images: torch.Tensor, labels: torch.Tensor, batch_size: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     for i in range(0, len(images), batch_size):
         yield images[i : i + batch_size], labels[i : i + batch_size]

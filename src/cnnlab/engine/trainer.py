@@ -31,8 +31,15 @@ import cnnlab
 from cnnlab.config import RunConfig, build_config, read_yaml
 from cnnlab.data import DataSplits
 from cnnlab.engine import checkpoint as ckpt
+from cnnlab.engine import distributed as D
 from cnnlab.engine.batches import BatchPipeline, eval_batches, train_batches
-from cnnlab.engine.inputs import build_pipeline, input_size, load_run_data, prepare_splits, to_device
+from cnnlab.engine.inputs import (
+    build_pipeline,
+    input_size,
+    load_run_data,
+    prepare_splits,
+    to_device,
+)
 from cnnlab.engine.optim import build_optimizer, init_weights
 from cnnlab.engine.run import Run, RunFolder, default_run_name
 from cnnlab.engine.schedules import lr_at
@@ -58,9 +65,15 @@ def resolve_device(name: str) -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"train.device={name!r} but CUDA is not available here; use train.device=cpu or auto")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ConfigError("train.device='mps' but MPS is not available here; use train.device=cpu or auto")
+        raise ConfigError(
+            f"train.device={name!r} but CUDA is not available here; use train.device=cpu or auto"
+        )
+    if name == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise ConfigError(
+            "train.device='mps' but MPS is not available here; use train.device=cpu or auto"
+        )
     return torch.device(name)
 
 
@@ -138,10 +151,17 @@ def evaluate_tensors(
     *,
     batch_size: int,
     autocast=None,
+    ctx: D.DistContext | None = None,
 ) -> tuple[float, float]:
-    """Mean loss and accuracy over a split held as tensors; ``(nan, nan)`` when empty."""
-    if len(images) == 0:
+    """Mean loss and accuracy over a split held as tensors; ``(nan, nan)`` when empty.
+
+    In a distributed run each rank evaluates its shard and the sums are reduced.
+    """
+    n = len(images)
+    if n == 0:
         return math.nan, math.nan
+    ctx = ctx or D.DistContext()
+    images, labels = D.shard(images, ctx), D.shard(labels, ctx)
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), device=images.device, dtype=torch.float64)
@@ -152,14 +172,16 @@ def evaluate_tensors(
         loss_sum += F.cross_entropy(out.float(), y, reduction="sum").double()
         correct += (out.argmax(1) == y).sum()
     model.train(was_training)
-    n = len(images)
+    D.all_reduce_sum(loss_sum, correct)
     return loss_sum.item() / n, correct.item() / n
 
 
 # ---------------------------------------------------------------- the run
 
 
-def _prepare_run_dir(config: RunConfig, run_dir: Path | None, name: str | None, runs_root: Path, resume: bool) -> Path:
+def _prepare_run_dir(
+    config: RunConfig, run_dir: Path | None, name: str | None, runs_root: Path, resume: bool
+) -> Path:
     if run_dir is None:
         run_dir = Path(runs_root) / (name or default_run_name(config))
     run_dir = Path(run_dir)
@@ -177,7 +199,16 @@ def _prepare_run_dir(config: RunConfig, run_dir: Path | None, name: str | None, 
     return run_dir
 
 
-def _make_run_folder(path: Path) -> RunFolder:
+class _NullFolder:
+    """What ranks other than 0 write: nothing."""
+
+    def __getattr__(self, name: str):
+        return lambda *args, **kwargs: None
+
+
+def _make_run_folder(path: Path, ctx: D.DistContext) -> RunFolder:
+    if not ctx.is_main:
+        return _NullFolder()  # type: ignore[return-value]
     try:
         return RunFolder(path)
     except OSError as exc:
@@ -217,7 +248,9 @@ def train(
             raise RunError("resume needs the run folder")
         cfg_file = Path(run_dir) / "config.yaml"
         if not cfg_file.is_file():
-            raise RunError(f"{str(run_dir)!r} is not a run folder (no config.yaml); nothing to resume")
+            raise RunError(
+                f"{str(run_dir)!r} is not a run folder (no config.yaml); nothing to resume"
+            )
         config = build_config(read_yaml(cfg_file))
     if config is None:
         config = RunConfig()
@@ -226,11 +259,33 @@ def train(
     cfg = config
 
     path = _prepare_run_dir(cfg, Path(run_dir) if run_dir else None, name, Path(runs_root), resume)
-    device = resolve_device(cfg.train.device)
+    ctx, device = D.setup(resolve_device(cfg.train.device))
+    path = Path(D.broadcast_text(str(path), ctx))
+    try:
+        return _train(cfg, path, ctx, device, resume, emit, splits, t_start)
+    finally:
+        D.teardown(ctx)
+
+
+def _train(
+    cfg: RunConfig,
+    path: Path,
+    ctx: D.DistContext,
+    device: torch.device,
+    resume: bool,
+    emit: Callback,
+    splits: DataSplits | None,
+    t_start: float,
+) -> Run:
+    """The run itself, once the folder, device and process group are settled."""
+    if not ctx.is_main:
+        emit = lambda event, info: None  # noqa: E731 - only rank 0 reports progress
     notes: list[str] = []
     if device.type != "cuda":
         if cfg.train.precision != "fp32":
-            notes.append(f"train.precision={cfg.train.precision} needs CUDA; running fp32 on {device.type}")
+            notes.append(
+                f"train.precision={cfg.train.precision} needs CUDA; running fp32 on {device.type}"
+            )
         if cfg.train.channels_last:
             notes.append(f"train.channels_last only helps on CUDA; ignored on {device.type}")
     channels_last = cfg.train.channels_last and device.type == "cuda"
@@ -243,7 +298,9 @@ def train(
     else:
         splits = prepare_splits(splits, cfg.data)
     data_fingerprint = splits.fingerprint[:16]
-    train_set, val_set, test_set = (to_device(s, device) for s in (splits.train, splits.val, splits.test))
+    train_set, val_set, test_set = (
+        to_device(s, device) for s in (splits.train, splits.val, splits.test)
+    )
     pipeline = build_pipeline(splits, cfg.data, channels_last=channels_last)
 
     # -- model and optimizer
@@ -259,19 +316,35 @@ def train(
     if channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg.optim)
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.train.precision == "fp16")
-    forward = torch.compile(model) if cfg.train.compile else model
+    scaler = torch.amp.GradScaler(
+        "cuda", enabled=device.type == "cuda" and cfg.train.precision == "fp16"
+    )
+    forward = model
+    if ctx.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        forward = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+        if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+            notes.append(
+                "batch norm statistics are per rank (per shard of each batch) in this distributed run"
+            )
+    if cfg.train.compile:
+        forward = torch.compile(forward)
     autocast = _autocast(cfg, device)
 
-    folder = _make_run_folder(path)
+    folder = _make_run_folder(path, ctx)
 
     # -- restore
     state = TrainState()
     if resume:
         try:
-            saved, used = ckpt.load_latest_good(folder.checkpoints, "last")
+            saved, used = ckpt.load_latest_good(path / "checkpoints", "last")
         except CheckpointError as exc:
-            if (folder.checkpoints / "last.pt").exists() or (folder.checkpoints / "last.prev.pt").exists():
+            if (path / "checkpoints" / "last.pt").exists() or (
+                path / "checkpoints" / "last.prev.pt"
+            ).exists():
                 raise
             saved, used = None, None
             notes.append(f"no checkpoint to resume from ({exc}); starting from the beginning")
@@ -302,7 +375,7 @@ def train(
         {
             "config": cfg,
             "path": path,
-            "device": dev_label,
+            "device": dev_label if not ctx.enabled else f"{ctx.world_size} x {dev_label}",
             "epochs": total_epochs,
             "start_epoch": state.epoch,
             "steps_per_epoch": steps_per_epoch,
@@ -317,18 +390,27 @@ def train(
         return {
             "name": path.name,
             "status": status,
-            "final": {k: last.get(k) for k in ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")},
-            "best": {"val_acc" if cfg.train.monitor == "val_acc" else "val_loss": state.best_val, "epoch": state.best_epoch},
+            "final": {
+                k: last.get(k)
+                for k in ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")
+            },
+            "best": {
+                "val_acc" if cfg.train.monitor == "val_acc" else "val_loss": state.best_val,
+                "epoch": state.best_epoch,
+            },
             "time": {
                 "train_seconds": state.train_seconds,
                 "total_seconds": time.perf_counter() - t_start,
-                "examples_per_sec": train_examples / state.train_seconds if state.train_seconds else None,
+                "examples_per_sec": train_examples / state.train_seconds
+                if state.train_seconds
+                else None,
             },
             "epochs_completed": state.epoch,
             "steps": state.step,
             "diverged": None,
             "error": None,
             "device": dev_label,
+            "world_size": ctx.world_size,
             "seed": cfg.train.seed,
             "versions": versions(),
             "data": {
@@ -363,9 +445,12 @@ def train(
         }
 
     def save_last() -> None:
-        ckpt.save_checkpoint(checkpoint_state(), folder.checkpoints / "last.pt")
+        if ctx.is_main:
+            ckpt.save_checkpoint(checkpoint_state(), folder.checkpoints / "last.pt")
 
-    if state.epoch >= total_epochs or (cfg.train.patience and state.bad_epochs >= cfg.train.patience):
+    if state.epoch >= total_epochs or (
+        cfg.train.patience and state.bad_epochs >= cfg.train.patience
+    ):
         final = Run.load(path)
         return final
 
@@ -397,11 +482,19 @@ def train(
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 x = pipeline(xb, g, train=True)
+                n_global = len(yb)
+                if ctx.enabled:
+                    x, yb = D.shard(x, ctx), D.shard(yb, ctx)
                 with autocast:
                     out = forward(x)
-                    loss = F.cross_entropy(out.float(), yb, label_smoothing=cfg.train.label_smoothing)
+                    loss = F.cross_entropy(
+                        out.float(), yb, label_smoothing=cfg.train.label_smoothing
+                    )
                 optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
+                # DDP averages gradients over ranks; weighting each shard by its share of
+                # the global batch makes the update equal to the single-process one.
+                scaled = loss * (len(yb) * ctx.world_size / n_global) if ctx.enabled else loss
+                scaler.scale(scaled).backward()
                 finite = torch.isfinite(loss.detach())
                 if cfg.train.grad_clip is not None:
                     scaler.unscale_(optimizer)
@@ -410,11 +503,17 @@ def train(
                 nonfinite |= ~finite
                 last_finite = torch.where(finite, loss.detach().float(), last_finite)
                 if (b + 1) % check_every == 0 or b + 1 == steps_per_epoch:
+                    if ctx.enabled:
+                        flag = nonfinite.to(torch.int32)
+                        D.all_reduce_sum(flag)
+                        nonfinite = flag > 0
                     if nonfinite.item():
                         diverged = {
                             "epoch": epoch + 1,
                             "step": state.step + 1,
-                            "last_finite_loss": None if math.isnan(last_finite.item()) else last_finite.item(),
+                            "last_finite_loss": None
+                            if math.isnan(last_finite.item())
+                            else last_finite.item(),
                             "lr": lr,
                         }
                         break
@@ -425,9 +524,22 @@ def train(
                 loss_sum += loss.detach().double() * len(yb)
                 correct += (out.detach().argmax(1) == yb).sum()
                 seen += len(yb)
-                emit("step", {"epoch": epoch + 1, "batch": b + 1, "steps": steps_per_epoch, "loss": loss.detach(), "lr": lr})
+                emit(
+                    "step",
+                    {
+                        "epoch": epoch + 1,
+                        "batch": b + 1,
+                        "steps": steps_per_epoch,
+                        "loss": loss.detach(),
+                        "lr": lr,
+                    },
+                )
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
+            if ctx.enabled:
+                seen_t = torch.tensor(seen, device=device, dtype=torch.int64)
+                D.all_reduce_sum(loss_sum, correct, seen_t)
+                seen = int(seen_t.item())
             epoch_seconds += time.perf_counter() - t_epoch
             state.train_seconds += time.perf_counter() - t_epoch
             if diverged is not None:
@@ -438,10 +550,26 @@ def train(
                 )
                 break
 
-            val_loss, val_acc = evaluate_tensors(model, val_set.images, val_set.labels, pipeline, batch_size=cfg.train.eval_batch_size, autocast=autocast)
+            val_loss, val_acc = evaluate_tensors(
+                model,
+                val_set.images,
+                val_set.labels,
+                pipeline,
+                batch_size=cfg.train.eval_batch_size,
+                autocast=autocast,
+                ctx=ctx,
+            )
             test_loss = test_acc = None
             if cfg.train.test_every_epoch or epoch + 1 == total_epochs:
-                test_loss, test_acc = evaluate_tensors(model, test_set.images, test_set.labels, pipeline, batch_size=cfg.train.eval_batch_size, autocast=autocast)
+                test_loss, test_acc = evaluate_tensors(
+                    model,
+                    test_set.images,
+                    test_set.labels,
+                    pipeline,
+                    batch_size=cfg.train.eval_batch_size,
+                    autocast=autocast,
+                    ctx=ctx,
+                )
             row = {
                 "epoch": epoch + 1,
                 "train_loss": loss_sum.item() / max(seen, 1),
@@ -459,17 +587,38 @@ def train(
             state.batch = 0
             state.partial = {}
 
-            monitored = row[cfg.train.monitor] if row[cfg.train.monitor] is not None else (row["train_acc"] if cfg.train.monitor == "val_acc" else row["train_loss"])
+            monitored = (
+                row[cfg.train.monitor]
+                if row[cfg.train.monitor] is not None
+                else (row["train_acc"] if cfg.train.monitor == "val_acc" else row["train_loss"])
+            )
             if _better(monitored, state.best_val, cfg.train.monitor):
                 state.best_val, state.best_epoch, state.bad_epochs = monitored, epoch + 1, 0
-                ckpt.save_checkpoint({"model": model.state_dict(), "epoch": epoch + 1, "config_fingerprint": cfg.fingerprint()}, folder.checkpoints / "best.pt", keep_previous=False)
+                if ctx.is_main:
+                    ckpt.save_checkpoint(
+                        {
+                            "model": model.state_dict(),
+                            "epoch": epoch + 1,
+                            "config_fingerprint": cfg.fingerprint(),
+                        },
+                        folder.checkpoints / "best.pt",
+                        keep_previous=False,
+                    )
             else:
                 state.bad_epochs += 1
             save_last()
             folder.write_metrics(state.rows)
             folder.log(_epoch_line(row))
             folder.write_summary(summary("running"))
-            emit("epoch", {"row": row, "epochs": total_epochs, "best_val": state.best_val, "best_epoch": state.best_epoch})
+            emit(
+                "epoch",
+                {
+                    "row": row,
+                    "epochs": total_epochs,
+                    "best_val": state.best_val,
+                    "best_epoch": state.best_epoch,
+                },
+            )
             if cfg.train.patience and state.bad_epochs >= cfg.train.patience:
                 note = f"early stopping after epoch {epoch + 1}: no {cfg.train.monitor} improvement for {state.bad_epochs} epochs"
                 notes.append(note)
@@ -478,17 +627,32 @@ def train(
                 break
     except KeyboardInterrupt:
         # Keep the partial epoch so --resume continues at the next batch.
-        state.partial = {"loss_sum": float(loss_sum.item()), "correct": int(correct.item()), "seen": seen, "seconds": epoch_seconds + time.perf_counter() - t_epoch}
+        state.partial = {
+            "loss_sum": float(loss_sum.item()),
+            "correct": int(correct.item()),
+            "seen": seen,
+            "seconds": epoch_seconds + time.perf_counter() - t_epoch,
+        }
         save_last()
         folder.write_metrics(state.rows)
         folder.write_summary(summary("interrupted"))
         folder.write_curves(state.rows, title=path.name)
-        folder.log(f"interrupted at epoch {state.epoch + 1} batch {state.batch}; resume with: cnnlab train --resume {path}")
+        folder.log(
+            f"interrupted at epoch {state.epoch + 1} batch {state.batch}; resume with: cnnlab train --resume {path}"
+        )
         raise
 
     if status == "completed" and state.rows and state.rows[-1].get("test_acc") is None:
         # Early stopping: the test split is measured once, at the end.
-        test_loss, test_acc = evaluate_tensors(model, test_set.images, test_set.labels, pipeline, batch_size=cfg.train.eval_batch_size, autocast=autocast)
+        test_loss, test_acc = evaluate_tensors(
+            model,
+            test_set.images,
+            test_set.labels,
+            pipeline,
+            batch_size=cfg.train.eval_batch_size,
+            autocast=autocast,
+            ctx=ctx,
+        )
         state.rows[-1].update(test_loss=test_loss, test_acc=test_acc)
         folder.write_metrics(state.rows)
         save_last()
