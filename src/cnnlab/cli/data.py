@@ -127,7 +127,7 @@ def get(
 
     source = get_source(name)
     searched = [*([str(dest)] if dest else []), *(data_dir or [])]
-    if not force:
+    if source.can_download and not force:
         with contextlib.suppress(DataNotFoundError):
             typer.echo(
                 f"{source.name}: already present in {locate_dataset(source.name, data_dir=searched)}"

@@ -155,9 +155,9 @@ def load_splits(
         raise DataError(f"val_fraction={val_fraction!r} is not allowed; use a number in [0, 1)")
     if download:
         ensure_dataset(name, data_dir=data_dir, progress=progress, **options)
-    have = available_splits(name, data_dir=data_dir, **options)
     load = dict(data_dir=data_dir, verify=verify, progress=progress, **options)
-    train = load_dataset(name, "train", **load)
+    train = load_dataset(name, "train", **load)  # first: it reports extraction progress
+    have = available_splits(name, data_dir=data_dir, **options)
     val = load_dataset(name, "val", **load) if "val" in have else None
     if val is None and val_fraction > 0:
         train_idx, val_idx = stratified_split(train.labels, val_fraction, split_seed)

@@ -112,13 +112,22 @@ def _zip_entries(archive: Path, zf: zipfile.ZipFile) -> Iterator[tuple[Member, I
 
 
 @contextlib.contextmanager
-def _entries(archive: Path) -> Iterator[Iterator[tuple[Member, IO[bytes] | None]]]:
-    """Checked ``(member, stream)`` pairs of a tar or zip archive, in archive order."""
-    if zipfile.is_zipfile(archive):
-        with zipfile.ZipFile(archive) as zf:
+def _entries(
+    archive: Path, raw: IO[bytes] | None = None
+) -> Iterator[Iterator[tuple[Member, IO[bytes] | None]]]:
+    """Checked ``(member, stream)`` pairs of a tar or zip archive, in archive order.
+
+    ``raw``, when given, is the open archive file to read from (so callers can
+    follow progress through its position).
+    """
+    source = raw if raw is not None else archive
+    if zipfile.is_zipfile(source):
+        with zipfile.ZipFile(source) as zf:
             yield _zip_entries(archive, zf)
     else:
-        with tarfile.open(archive, "r:*") as tar:
+        if raw is not None:
+            raw.seek(0)
+        with tarfile.open(archive if raw is None else None, "r:*", fileobj=raw) as tar:
             yield _tar_entries(archive, tar)
 
 
@@ -143,15 +152,19 @@ def list_members(archive: Path) -> list[Member]:
 
 
 def safe_extract(archive: Path, dest: Path, *, progress: Progress | None = None) -> list[Path]:
-    """Extract ``archive`` into ``dest`` after checking every member.
+    """Extract ``archive`` into ``dest``, checking every member on the way.
 
-    The top-level entries of the archive must not exist in ``dest`` yet: extracting
-    over a previous copy would mix two versions of a data set.
+    Members are written into a staging folder inside ``dest``; the first unsafe
+    or unreadable member aborts the extraction and removes the staging folder,
+    so a refused archive leaves nothing behind (one pass over the archive
+    instead of two: a 60,000-file tar.gz takes seconds to list). The top-level
+    entries must not exist in ``dest`` yet: extracting over a previous copy
+    would mix two versions of a data set.
 
     Args:
         archive: a ``.tar[.gz|.bz2|.xz]`` or ``.zip`` file.
         dest: the folder to extract into (created if missing).
-        progress: called as ``progress(task, members_done, members_total)``.
+        progress: called as ``progress(task, bytes_read, archive_size)``.
 
     Returns:
         The top-level paths created in ``dest``.
@@ -159,18 +172,16 @@ def safe_extract(archive: Path, dest: Path, *, progress: Progress | None = None)
     Raises:
         DataError: an unsafe member, a broken archive, or a top-level entry already present.
     """
-    members = list_members(archive)  # checks everything before a byte is written
-    tops = sorted({m.path.split("/")[0] for m in members})
-    taken = [t for t in tops if (dest / t).exists()]
-    if taken:
-        raise DataError(
-            f"cannot extract {archive}: {dest / taken[0]} already exists; remove it first"
-        )
-    dest.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".extract-", dir=dest))
+    created = not dest.exists()
     try:
-        with _entries(archive) as entries:
-            for done, (member, stream) in enumerate(entries, 1):
+        dest.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".extract-", dir=dest))
+    except OSError as exc:
+        raise DataError(f"cannot extract {archive} into {dest}: {exc}") from None
+    task, size = f"extract {archive.name}", archive.stat().st_size
+    try:
+        with open(archive, "rb") as raw, _entries(archive, raw) as entries:
+            for member, stream in entries:
                 target = staging / member.path
                 if member.is_dir:
                     target.mkdir(parents=True, exist_ok=True)
@@ -180,11 +191,22 @@ def safe_extract(archive: Path, dest: Path, *, progress: Progress | None = None)
                     with stream, open(target, "wb") as out:
                         shutil.copyfileobj(stream, out, _CHUNK)
                 if progress is not None:
-                    progress(f"extract {archive.name}", done, len(members))
+                    progress(task, min(raw.tell(), size), size)
+        tops = sorted(p.name for p in staging.iterdir())
+        taken = [t for t in tops if (dest / t).exists()]
+        if taken:
+            raise DataError(
+                f"cannot extract {archive}: {dest / taken[0]} already exists; remove it first"
+            )
         for top in tops:
             (staging / top).rename(dest / top)
     except _BROKEN as exc:
         raise DataError(f"cannot extract {archive} into {dest}: {exc}") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if created:
+            with contextlib.suppress(OSError):
+                dest.rmdir()  # only succeeds if nothing was extracted
+    if progress is not None:
+        progress(task, size, size)
     return [dest / t for t in tops]

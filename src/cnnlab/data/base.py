@@ -190,6 +190,8 @@ class DataSource(abc.ABC):
     splits: tuple[str, ...] = ("train", "test")
     #: Extra options ``load`` accepts, beyond data_dir/verify/progress.
     options: Mapping[str, Option] = MappingProxyType({})
+    #: Whether :meth:`download` can fetch official files.
+    can_download: bool = False
 
     def available_splits(self, **options: Any) -> tuple[str, ...]:
         """The splits present on disk (for sources whose layout decides, like ImageFolder)."""

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -166,6 +166,7 @@ class CifarSource(DataSource):
     mirrors: tuple[str, ...]
     how_to_get: str
     splits: tuple[str, ...] = ("train", "test")
+    can_download: ClassVar[bool] = True
 
     @property
     def options(self) -> Mapping[str, Option]:  # type: ignore[override]

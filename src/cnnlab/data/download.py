@@ -23,7 +23,12 @@ _CHUNK = 1 << 20
 
 
 def fetch(
-    url: str, target: Path, *, timeout: float = 30.0, progress: Progress | None = None
+    url: str,
+    target: Path,
+    *,
+    timeout: float = 30.0,
+    progress: Progress | None = None,
+    task: str | None = None,
 ) -> None:
     """Stream ``url`` into ``target`` (overwritten), reporting bytes done.
 
@@ -32,6 +37,7 @@ def fetch(
         target: the file to write; its folder is created.
         timeout: seconds to wait for the server before giving up.
         progress: called as ``progress(task, bytes_done, bytes_total)``; total is 0 when unknown.
+        task: the label passed to ``progress`` (default ``download <file name>``).
 
     Raises:
         DataError: the URL is not http(s), the server fails, or the file cannot be written.
@@ -39,7 +45,7 @@ def fetch(
     scheme = urllib.parse.urlsplit(url).scheme
     if scheme not in ("http", "https"):
         raise DataError(f"cannot download {url!r}: only http:// and https:// addresses are allowed")
-    task = f"download {target.name}"
+    task = task or f"download {target.name}"
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         with urllib.request.urlopen(url, timeout=timeout) as response, open(target, "wb") as out:
@@ -87,7 +93,7 @@ def fetch_verified(
     failures = []
     for url in urls:
         try:
-            fetch(url, partial, timeout=timeout, progress=progress)
+            fetch(url, partial, timeout=timeout, progress=progress, task=f"download {target.name}")
             data = read_bytes(partial) if decompress else partial.read_bytes()
             check(url, data)
         except DataError as exc:

@@ -12,7 +12,7 @@ import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -113,6 +113,7 @@ class IdxSource(DataSource):
     how_to_get: str
     image_shape: tuple[int, int] = (28, 28)
     splits: tuple[str, ...] = ("train", "test")
+    can_download: ClassVar[bool] = True
 
     def _specs(self, splits: Sequence[str]) -> list[FileSpec]:
         unknown = [s for s in splits if s not in self.files]

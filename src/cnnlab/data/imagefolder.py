@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -235,6 +236,26 @@ def _open(path: Path, mode: str | None, size: tuple[int, int] | None) -> np.ndar
     return array[:, :, None] if array.ndim == 2 else array
 
 
+def _decode_chunk(
+    files: Sequence[Path],
+    mode: str,
+    size: tuple[int, int] | None,
+    shape: tuple[int, ...],
+    first: Path,
+) -> np.ndarray:
+    out = np.empty((len(files), shape[2], shape[0], shape[1]), np.uint8)
+    for i, path in enumerate(files):
+        array = _open(path, mode, size)
+        if array.shape != shape:
+            raise DataError(
+                f"{path} is {array.shape[0]}x{array.shape[1]} but {first} is "
+                f"{shape[0]}x{shape[1]}; all images must have one size, "
+                f"or pass image_size=HxW to resize them"
+            )
+        out[i] = array.transpose(2, 0, 1)
+    return out
+
+
 def decode_images(
     files: Sequence[Path],
     *,
@@ -242,8 +263,12 @@ def decode_images(
     size: tuple[int, int] | None = None,
     progress: Progress | None = None,
     task: str = "decode",
+    workers: int | None = None,
 ) -> np.ndarray:
     """Decode ``files`` into one uint8 ``N x C x H x W`` array.
+
+    Pillow releases the GIL while it decodes, so chunks of files are decoded by
+    a few threads; the result does not depend on how many.
 
     Args:
         files: image paths, in the order wanted.
@@ -251,22 +276,23 @@ def decode_images(
         size: ``(H, W)`` to resize every image to; by default all must share the first one's size.
         progress: called as ``progress(task, done, total)``.
         task: label passed to ``progress``.
+        workers: decoding threads (default: up to 8, one per CPU core).
     """
     mode = {1: "L", 3: "RGB", None: None}[channels]
     first = _open(files[0], mode, size)
     mode = mode or ("L" if first.shape[2] == 1 else "RGB")
+    chunk = 500
+    starts = range(0, len(files), chunk)
     out = np.empty((len(files), first.shape[2], first.shape[0], first.shape[1]), np.uint8)
-    for i, path in enumerate(files):
-        array = first if i == 0 else _open(path, mode, size)
-        if array.shape != first.shape:
-            raise DataError(
-                f"{path} is {array.shape[0]}x{array.shape[1]} but {files[0]} is "
-                f"{first.shape[0]}x{first.shape[1]}; all images must have one size, "
-                f"or pass image_size=HxW to resize them"
-            )
-        out[i] = array.transpose(2, 0, 1)
-        if progress is not None and (i % 500 == 499 or i == len(files) - 1):
-            progress(task, i + 1, len(files))
+    workers = workers or min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        parts = pool.map(
+            lambda s: _decode_chunk(files[s : s + chunk], mode, size, first.shape, files[0]), starts
+        )
+        for start, part in zip(starts, parts, strict=True):
+            out[start : start + len(part)] = part
+            if progress is not None:
+                progress(task, start + len(part), len(files))
     return out
 
 
