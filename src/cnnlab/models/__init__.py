@@ -29,12 +29,8 @@ def _load_families() -> None:
     global _loaded
     if not _loaded:
         _loaded = True
-        for fam in _FAMILIES:
-            try:
-                importlib.import_module(f"cnnlab.models.{fam}")
-            except ModuleNotFoundError as exc:  # a family not written yet
-                if exc.name != f"cnnlab.models.{fam}":
-                    raise
+        for family in _FAMILIES:
+            importlib.import_module(f"cnnlab.models.{family}")
 
 
 def list_models(pattern: str | None = None) -> list[str]:

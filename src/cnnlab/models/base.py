@@ -8,7 +8,7 @@ never on a family's internals.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from itertools import chain
 from typing import TypeVar
@@ -32,6 +32,18 @@ def choose(choices: Mapping[str, T], value: str, option: str) -> T:
     if key not in choices:
         raise ModelError(f"{option}={value!r} is not allowed; choose one of: {', '.join(choices)}")
     return choices[key]
+
+
+def check_counts(values: Sequence[int], option: str, example: str) -> tuple[int, ...]:
+    """Validate a non-empty list of positive counts (blocks per stage, layers per block)."""
+    ok = bool(values) and all(
+        isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in values
+    )
+    if not ok:
+        raise ModelError(
+            f"{option}={values!r} is not allowed; give positive counts such as {example}"
+        )
+    return tuple(values)
 
 
 def _shape_text(shape: tuple[int, ...]) -> str:

@@ -19,7 +19,7 @@ from torch import nn
 from cnnlab.errors import ModelError
 from cnnlab.layers import ClassifierHead, LayerConfig, get_pool
 from cnnlab.models import MODELS
-from cnnlab.models.base import Network, choose
+from cnnlab.models.base import Network, check_counts, choose
 
 
 class DenseLayer(nn.Sequential):
@@ -78,12 +78,7 @@ class DenseNet(Network):
     ) -> None:
         super().__init__(num_classes=num_classes, in_channels=in_channels, input_size=input_size)
         make_stem = choose(STEMS, stem, "stem")
-        if not blocks or any(
-            isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in blocks
-        ):
-            raise ModelError(
-                f"blocks={blocks!r} is not allowed; give layers per block such as [6, 12, 24, 16]"
-            )
+        blocks = check_counts(blocks, "blocks", "[6, 12, 24, 16]")
         if not 0 < compression <= 1:
             raise ModelError(f"compression={compression!r} is not allowed; use a factor in (0, 1]")
         cfg = LayerConfig(activation, norm, pool)

@@ -23,9 +23,9 @@ from torch import nn
 from cnnlab.errors import ModelError
 from cnnlab.layers import ClassifierHead, LayerConfig, scale_width
 from cnnlab.models import MODELS
-from cnnlab.models.base import Network, choose
+from cnnlab.models.base import Network, check_counts, choose
 
-STAGE_WIDTHS = (64, 128, 256, 512)  # stage i > 4 keeps doubling
+BASE_WIDTH = 64  # channels of the stem and stage 1; each later stage doubles them
 
 
 @dataclass(frozen=True)
@@ -169,23 +169,18 @@ class ResNet(Network):
         kind = choose(BLOCK_KINDS, block, "block")
         make_stem = choose(STEMS, stem, "stem")
         choose(SHORTCUTS, shortcut, "shortcut")
-        if not blocks or any(
-            isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in blocks
-        ):
-            raise ModelError(
-                f"blocks={blocks!r} is not allowed; give blocks per stage such as [2, 2, 2, 2]"
-            )
+        blocks = check_counts(blocks, "blocks", "[2, 2, 2, 2]")
         for option, value in (("residual", residual), ("preact", preact)):
             if not isinstance(value, bool):
                 raise ModelError(f"{option}={value!r} is not allowed; use true or false")
         cfg = LayerConfig(activation, norm, pool)
 
-        channels = scale_width(STAGE_WIDTHS[0], width)
+        channels = scale_width(BASE_WIDTH, width)
         layers: OrderedDict[str, nn.Module] = OrderedDict(
             stem=make_stem(cfg, in_channels, channels)
         )
         for i, count in enumerate(blocks):
-            planes = scale_width(64 * 2**i, width)
+            planes = scale_width(BASE_WIDTH * 2**i, width)
             stage = []
             for j in range(count):
                 stride = 2 if i > 0 and j == 0 else 1
