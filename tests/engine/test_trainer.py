@@ -115,3 +115,10 @@ def test_unwritable_run_folder(tmp_path, patch_splits):
     with pytest.raises(RunError, match="cannot write to run folder"):
         train(_cfg("train.epochs=1"), run_dir=blocker / "run", splits=patch_splits)
     assert blocker.read_text() == "not a folder"
+
+
+def test_tensorboard_event_files(tmp_path, patch_splits):
+    pytest.importorskip("tensorboard", reason="tensorboard not installed (optional extra)")
+    run = train(_cfg("train.epochs=1", "train.tensorboard=true"), run_dir=tmp_path / "tb", splits=patch_splits)
+    events = list((run.path / "tensorboard").rglob("events.out.tfevents.*"))
+    assert events and all(e.stat().st_size > 0 for e in events)

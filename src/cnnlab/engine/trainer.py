@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import cnnlab
-from cnnlab.config import RunConfig, build_config, read_yaml
+from cnnlab.config import RunConfig, build_config, flatten, read_yaml
 from cnnlab.data import DataSplits
 from cnnlab.engine import checkpoint as ckpt
 from cnnlab.engine import distributed as D
@@ -335,6 +335,7 @@ def _train(
     autocast = _autocast(cfg, device)
 
     folder = _make_run_folder(path, ctx)
+    board = _open_tensorboard(cfg, path, notes) if ctx.is_main else None
 
     # -- restore
     state = TrainState()
@@ -610,6 +611,11 @@ def _train(
             folder.write_metrics(state.rows)
             folder.log(_epoch_line(row))
             folder.write_summary(summary("running"))
+            if board is not None:
+                for key, value in row.items():
+                    if key != "epoch" and value is not None:
+                        board.add_scalar(key, value, epoch + 1)
+                board.flush()
             emit(
                 "epoch",
                 {
@@ -657,12 +663,36 @@ def _train(
         folder.write_metrics(state.rows)
         save_last()
     final = summary(status, diverged=diverged)
+    if board is not None:
+        metrics = {f"final/{k}": v for k, v in final["final"].items() if v is not None}
+        hparams = {
+            k: (v if isinstance(v, (int, float, str, bool)) else str(v))
+            for k, v in flatten(cfg.to_dict()).items()
+            if v is not None
+        }
+        board.add_hparams(hparams, metrics, run_name=".")
+        board.close()
     folder.write_summary(final)
     folder.write_metrics(state.rows)
     folder.write_curves(state.rows, title=path.name)
     folder.log(summary_line(final))
     emit("end", {"summary": final, "path": path})
     return Run(path=path, config=cfg, summary=final)
+
+
+def _open_tensorboard(cfg: RunConfig, path: Path, notes: list[str]):
+    """A SummaryWriter in the run folder, or None (with a note) when tensorboard is missing."""
+    if not cfg.train.tensorboard:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        notes.append(
+            "train.tensorboard=true but the tensorboard package is not installed "
+            "(pip install tensorboard); no event files written"
+        )
+        return None
+    return SummaryWriter(log_dir=str(path / "tensorboard"))
 
 
 def _epoch_line(row: Mapping[str, Any]) -> str:
