@@ -28,27 +28,42 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so readers see the old file or the new one, never a mix."""
-    path = Path(path)
+def _write_temp(path: Path, data: bytes) -> Path:
+    """Write ``data`` to a temporary file beside ``path``, flushed and fsynced; return its name."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    try:  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
+    return tmp
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make renames in ``folder`` durable (best effort: not every file system allows it)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
     except OSError:
         pass
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so readers see the old file or the new one, never a mix."""
+    path = Path(path)
+    tmp = _write_temp(path, data)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -58,6 +73,11 @@ def atomic_write_text(path: Path, text: str) -> None:
 def save_checkpoint(state: dict[str, Any], path: Path, *, keep_previous: bool = True) -> None:
     """Serialize ``state`` and write it atomically with a sha256 sidecar.
 
+    Order matters: the new bytes go to a temporary file first (a full disk or a
+    read-only folder fails here and changes nothing); then the current file
+    becomes ``*.prev.pt``; then the sidecar and the file are renamed into place.
+    A crash at any point leaves a good ``last.pt`` or a good ``last.prev.pt``.
+
     Raises:
         CheckpointError: the write failed; the previous checkpoint is left intact.
     """
@@ -65,21 +85,27 @@ def save_checkpoint(state: dict[str, Any], path: Path, *, keep_previous: bool = 
     buf = io.BytesIO()
     torch.save(state, buf)
     data = buf.getvalue()
-    digest = _sha256(data)
     sidecar = path.with_name(path.name + ".sha256")
+    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _write_temp(path, data)
         if keep_previous and path.exists() and verify(path):
             prev = path.with_name(path.stem + ".prev.pt")
             os.replace(path, prev)
             os.replace(sidecar, prev.with_name(prev.name + ".sha256"))
-        # Sidecar first: a crash between the two leaves a mismatch, which reads as "not good".
-        atomic_write_text(sidecar, digest + "\n")
-        atomic_write_bytes(path, data)
+        atomic_write_text(sidecar, _sha256(data) + "\n")
+        os.replace(tmp, path)
+        tmp = None
+        _fsync_dir(path.parent)
     except OSError as exc:
         raise CheckpointError(
-            f"could not write checkpoint {str(path)!r}: {exc.strerror or exc}; the previous checkpoint is kept"
+            f"could not write checkpoint {str(path)!r}: {exc.strerror or exc}; "
+            "the previous checkpoint is kept"
         ) from None
+    finally:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
 
 
 def verify(path: Path) -> bool:
