@@ -25,6 +25,21 @@ class Progress:
     def __call__(self, event: str, info: dict[str, Any]) -> None:
         getattr(self, f"_on_{event}", lambda info: None)(info)
 
+    def _on_data(self, info: dict[str, Any]) -> None:
+        """Decoding or downloading data: a bar on a terminal, nothing in logs."""
+        if not self.interactive:
+            return
+        from rich.progress import Progress as RichProgress
+
+        if getattr(self, "_data_bar", None) is None:
+            self._data_bar = RichProgress(transient=True)
+            self._data_bar.start()
+            self._data_task = self._data_bar.add_task(info["task"], total=info["total"] or None)
+        self._data_bar.update(self._data_task, completed=info["done"], description=info["task"])
+        if info["total"] and info["done"] >= info["total"]:
+            self._data_bar.stop()
+            self._data_bar = None
+
     def _on_note(self, info: dict[str, Any]) -> None:
         typer.echo(f"note: {info['text']}")
 

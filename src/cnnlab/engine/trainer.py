@@ -294,7 +294,9 @@ def _train(
 
     # -- data, resident on the device
     if splits is None:
-        splits = load_run_data(cfg.data)
+        splits = load_run_data(
+            cfg.data, progress=lambda task, done, total: emit("data", {"task": task, "done": done, "total": total})
+        )
     else:
         splits = prepare_splits(splits, cfg.data)
     data_fingerprint = splits.fingerprint[:16]
