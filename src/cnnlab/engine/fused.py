@@ -1,0 +1,1254 @@
+"""Many runs of one network trained together, as one batched computation.
+
+A study trains the same architecture on the same data dozens of times, varying
+only the seed, the learning rate, momentum or weight decay. One such run keeps a
+GPU mostly idle; K of them stacked along a new leading dimension
+(``torch.func.vmap`` over ``functional_call``) run every layer once for all
+members (convolutions become one grouped convolution, linear layers one batched
+matrix product), and the optimizer updates all members' weights, held in one
+``K x P`` tensor, with a handful of elementwise kernels.
+
+Every member reproduces :func:`cnnlab.engine.trainer.train` for its own config:
+the same initial weights (``seed_everything``, ``create_model``, ``init_weights``
+in the trainer's order), its own shuffle order and augmentation draws (from its
+seed, through :mod:`cnnlab.engine.batches`), its own lr schedule
+(:func:`~cnnlab.engine.schedules.lr_at`), and ``torch.optim``'s arithmetic with
+its own lr, momentum and weight decay. Batch-norm running statistics are stacked
+per member. A member whose loss turns non-finite is frozen and recorded as
+diverged while the others go on; one that stops early is frozen likewise. Each
+member gets an ordinary run folder whose ``last.pt`` the single-run trainer can
+resume. Inside an epoch nothing is read back to the host: divergence masks,
+losses and accuracies stay on the device and are read once per epoch.
+
+Dropout is the one thing a fused member does not reproduce bit for bit: its
+masks come from the group's generator, so they are independent draws of the
+same distribution rather than the separate run's exact ones.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, vmap
+
+from cnnlab.config import AugmentConfig, OptimConfig, RunConfig, build_config, flatten
+from cnnlab.data import DataSplits
+from cnnlab.data import transforms as T
+from cnnlab.engine import checkpoint as ckpt
+from cnnlab.engine.batches import derive_seed, epoch_order, eval_batches, generator
+from cnnlab.engine.inputs import input_size, load_run_data, prepare_splits
+from cnnlab.engine.optim import build_optimizer, init_weights, param_groups
+from cnnlab.engine.run import Run, RunFolder
+from cnnlab.engine.schedules import lr_at
+from cnnlab.engine.trainer import (
+    TrainState,
+    _autocast,
+    _better,
+    _epoch_line,
+    _prepare_run_dir,
+    device_label,
+    resolve_device,
+    seed_everything,
+    summary_line,
+    versions,
+)
+from cnnlab.errors import CheckpointError, ConfigError, RunError
+from cnnlab.models import create_model, default_in_channels, default_input_size
+from cnnlab.registry import Registry
+
+log = logging.getLogger("cnnlab.train")
+
+Callback = Callable[[str, dict[str, Any]], None]
+
+#: The settings fused members may differ in; everything else in their configs must be equal.
+MEMBER_KEYS = ("train.seed", "optim.lr", "optim.momentum", "optim.weight_decay")
+
+# Must match the trainer's, so a fused member's last.pt resumes with `cnnlab train --resume`.
+_CHECKPOINT_VERSION = 1
+
+# Largest group on a CPU: beyond this a group gains nothing over running its halves one
+# after the other (see docs/benchmarks.md), and a smaller group frees the machine sooner.
+_CPU_MAX_GROUP = 8
+_GPU_MAX_GROUP = 64
+
+
+# ---------------------------------------------------------------- which runs fuse
+
+
+def fusable_key(config: RunConfig) -> tuple | None:
+    """A key equal for runs that can be trained as one fused group; None if this one cannot.
+
+    Runs fuse when everything but :data:`MEMBER_KEYS` (seed, lr, momentum, weight
+    decay) is equal: model and options, data and augmentation, batch size, epochs,
+    schedule, precision, device. Multi-process runs, fp16 (whose loss scaler is
+    per run) and runs that write TensorBoard files are not fused.
+    """
+    t = config.train
+    if (
+        t.devices > 1
+        or t.precision == "fp16"
+        or t.tensorboard
+        or config.optim.name not in FUSED_OPTIMIZERS
+    ):
+        return None
+    flat = flatten(config.to_dict())
+    return tuple(
+        (k, json.dumps(v, sort_keys=True)) for k, v in sorted(flat.items()) if k not in MEMBER_KEYS
+    )
+
+
+def group_runs(configs: Sequence[RunConfig], max_size: int | None = None) -> list[list[int]]:
+    """Indices of ``configs`` grouped by :func:`fusable_key`, in order of first appearance.
+
+    Groups are cut to ``max_size`` members; a run that cannot fuse is a group of one.
+    """
+    groups: dict[Any, list[int]] = {}
+    for i, cfg in enumerate(configs):
+        key = fusable_key(cfg)
+        groups.setdefault(key if key is not None else ("single", i), []).append(i)
+    size = max_size or len(configs) or 1
+    return [g[j : j + size] for g in groups.values() for j in range(0, len(g), size)]
+
+
+def _first_difference(a: RunConfig, b: RunConfig) -> str:
+    fa, fb = flatten(a.to_dict()), flatten(b.to_dict())
+    for key in sorted(set(fa) | set(fb)):
+        if key not in MEMBER_KEYS and fa.get(key) != fb.get(key):
+            return f"{key} ({fa.get(key)!r} vs {fb.get(key)!r})"
+    return "nothing"
+
+
+# ---------------------------------------------------------------- memory estimate
+
+
+def member_bytes(
+    config: RunConfig, input_shape: tuple[int, int, int], num_classes: int = 10
+) -> int:
+    """Estimated device memory of one fused member during a training step, in bytes.
+
+    Weights, gradients, optimizer state and the optimizer's temporaries (P floats
+    each), plus the batch and the activations autograd keeps: about two float32
+    tensors per layer output (the output and what its backward needs).
+    """
+    from cnnlab.models.summary import summary
+
+    s = summary(config.model.name, input_shape, num_classes=num_classes, **config.model.options())
+    slots = FUSED_OPTIMIZERS.get(config.optim.name).slots_for(config.optim)
+    per_param = 4 * (2 + slots + 3)
+    per_sample = 2 * s.activation_bytes + 4 * math.prod(input_shape)
+    return s.total_params * per_param + config.train.batch_size * per_sample
+
+
+def _free_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free * 0.8)
+    try:
+        with open("/proc/meminfo") as fh:
+            info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in fh}
+        return int(info["MemAvailable"] * 0.5)
+    except (OSError, KeyError, ValueError):
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES") * 0.5)
+
+
+def group_size_for(
+    config: RunConfig,
+    device: str | torch.device | None = None,
+    *,
+    splits: DataSplits | None = None,
+    max_size: int | None = None,
+    free_bytes: int | None = None,
+) -> int:
+    """How many runs like ``config`` to fuse into one group on ``device``.
+
+    Args:
+        config: one member's config (all members share what matters here).
+        device: default ``config.train.device``.
+        splits: the data, for the input shape and its own footprint; without it the
+            shape comes from ``data.resize`` and the model's designed input.
+        max_size: upper bound; default 64 on a GPU and 8 on a CPU.
+        free_bytes: memory to plan with; default 80% of the GPU's free memory, or
+            half of the available RAM.
+
+    Returns:
+        At least 1, even when one member alone does not seem to fit.
+    """
+    dev = resolve_device(str(device) if device is not None else config.train.device)
+    if splits is not None:
+        channels, size = splits.in_channels, input_size(splits, config.data)
+        classes = splits.num_classes
+        data = sum(s.images.numel() for _, s in splits.items())
+    else:
+        channels = default_in_channels(config.model.name)
+        size = (
+            (config.data.resize,) * 2
+            if config.data.resize
+            else (default_input_size(config.model.name) or (28, 28))
+        )
+        classes, data = 10, 0
+    budget = (free_bytes if free_bytes is not None else _free_bytes(dev)) - data
+    cap = max_size or (_GPU_MAX_GROUP if dev.type == "cuda" else _CPU_MAX_GROUP)
+    per = member_bytes(config, (channels, *size), classes)
+    return int(max(1, min(cap, budget // max(per, 1))))
+
+
+# ---------------------------------------------------------------- stacked weights
+
+
+class _Stack:
+    """K members' weights in one ``K x P`` tensor, their buffers stacked, and the module they fill.
+
+    Each parameter is a leaf view into ``flat`` whose ``.grad`` is a view into
+    ``grad``, so backward accumulates every member's gradient straight into one
+    ``K x P`` tensor and the optimizer needs no gather.
+    """
+
+    def __init__(self, models: Sequence[nn.Module], device: torch.device) -> None:
+        self.template = models[0].to(device)
+        self.k = len(models)
+        named = list(self.template.named_parameters())
+        self.spans: dict[str, tuple[int, torch.Size]] = {}
+        offset = 0
+        for name, p in named:
+            self.spans[name] = (offset, p.shape)
+            offset += p.numel()
+        self.size = offset
+        self.flat = torch.empty(self.k, self.size, device=device)
+        self.grad = torch.zeros_like(self.flat)
+        for k, model in enumerate(models):
+            self.flat[k] = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).to(
+                device
+            )
+        self.params: dict[str, torch.Tensor] = {}
+        for name, (off, shape) in self.spans.items():
+            view = self.flat[:, off : off + shape.numel()].view(self.k, *shape)
+            view.requires_grad_()
+            view.grad = self.grad[:, off : off + shape.numel()].view(self.k, *shape)
+            self.params[name] = view
+        self.buffers = {
+            name: torch.stack([dict(m.named_buffers())[name].detach() for m in models]).to(device)
+            for name, _ in self.template.named_buffers()
+        }
+        # The trainer's weight-decay split (conv/linear weights only), as a mask over P.
+        decayed = {id(p) for p in param_groups(self.template, 1.0)[0]["params"]} if named else set()
+        mask = torch.zeros(self.size, dtype=torch.bool)
+        for name, p in named:
+            if id(p) in decayed:
+                off, shape = self.spans[name]
+                mask[off : off + shape.numel()] = True
+        self.decay = mask.to(device)[None, :]
+        self.keys = list(self.template.state_dict().keys())
+
+    def state_dict(self, k: int) -> dict[str, torch.Tensor]:
+        """Member ``k``'s weights as the single run's ``model.state_dict()`` (CPU copies)."""
+        src = {**self.params, **self.buffers}
+        return {key: src[key][k].detach().to("cpu", copy=True) for key in self.keys}
+
+    def load_member(self, k: int, state: Mapping[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for name, (off, shape) in self.spans.items():
+                self.flat[k, off : off + shape.numel()] = (
+                    state[name].reshape(-1).to(self.flat.device)
+                )
+            for name, buf in self.buffers.items():
+                if name in state:
+                    buf[k] = state[name].to(buf.device)
+
+    def flat_slice(self, name: str) -> slice:
+        off, shape = self.spans[name]
+        return slice(off, off + shape.numel())
+
+
+# ---------------------------------------------------------------- optimizers on K x P
+
+
+def _col(values: Iterable[float], device: torch.device) -> torch.Tensor:
+    return torch.tensor(list(values), dtype=torch.float64).to(device=device, dtype=torch.float32)[
+        :, None
+    ]
+
+
+class FusedOptimizer:
+    """``torch.optim``'s update on all members at once, with lr, momentum and decay per member.
+
+    The arithmetic follows torch's single-tensor implementations operation by
+    operation, so a member's weights track its separate run to float rounding.
+    Scalars that torch computes in double on the host (``-lr``, Adam's step size)
+    are computed the same way for a whole epoch by :meth:`coefficients` and moved
+    to the device once; :meth:`step` then changes the ``K x P`` weights and state
+    in place, only in the rows where ``update`` is true. State tensors carry
+    torch's names, so :meth:`torch_state` and :meth:`load_torch_state` convert to
+    and from a single run's optimizer.
+    """
+
+    slot_names: ClassVar[tuple[str, ...]] = ()
+    counts_steps: ClassVar[bool] = True  # torch keeps a "step" in the state
+
+    def __init__(
+        self,
+        cfgs: Sequence[OptimConfig],
+        decay: torch.Tensor,
+        shape: tuple[int, int],
+        device: torch.device,
+    ) -> None:
+        self.cfg = cfgs[0]
+        self.weight_decay = [c.weight_decay for c in cfgs]
+        self.wd = _col(self.weight_decay, device)
+        self.any_wd = any(self.weight_decay)
+        self.momentum_host = [c.momentum for c in cfgs]
+        self.momentum = _col(self.momentum_host, device)
+        self.any_momentum = any(self.momentum_host)
+        self.decay = decay
+        self.steps = 0
+        self.slots = {name: torch.zeros(shape, device=device) for name in self.active_slots(cfgs)}
+
+    @classmethod
+    def active_slots(cls, cfgs: Sequence[OptimConfig]) -> tuple[str, ...]:
+        return cls.slot_names
+
+    @classmethod
+    def slots_for(cls, cfg: OptimConfig) -> int:
+        """State tensors per weight (for the memory estimate)."""
+        return len(cls.active_slots([cfg]))
+
+    def coefficients(self, lrs: torch.Tensor, first_step: int) -> dict[str, torch.Tensor]:
+        """Per-step, per-member scalars (``S x K``, float64) for steps ``first_step + 1 ...``."""
+        return {"neg_lr": -lrs}
+
+    def decayed(self, p: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """``grad + weight_decay * param`` on the decayed entries (torch's L2 decay)."""
+        if not self.any_wd:
+            return g
+        return torch.where(self.decay, g + self.wd * p, g)
+
+    def step(
+        self,
+        p: torch.Tensor,
+        g: torch.Tensor,
+        coef: Mapping[str, torch.Tensor],
+        update: torch.Tensor,
+    ) -> None:
+        """One step on ``p`` (``K x P``) with gradients ``g``; ``coef`` values and ``update`` are ``K x 1``."""
+        self.steps += 1
+        new_p, new_slots = self.update(p, g, coef)
+        p.copy_(torch.where(update, new_p, p))
+        for name, value in new_slots.items():
+            slot = self.slots[name]
+            slot.copy_(torch.where(update, value, slot))
+
+    def update(
+        self, p: torch.Tensor, g: torch.Tensor, coef: Mapping[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+    def has_state(self, k: int) -> bool:
+        """Whether torch's optimizer of member ``k`` would hold state by now."""
+        return bool(self.slots) and self.steps > 0
+
+    def torch_state(self, k: int, piece: slice, shape: torch.Size) -> dict[str, Any]:
+        """Member ``k``'s state for one parameter, as torch's optimizer holds it."""
+        state: dict[str, Any] = {
+            n: self.slots[n][k, piece].reshape(shape).to("cpu", copy=True) for n in self.slots
+        }
+        if self.counts_steps:
+            state["step"] = torch.tensor(float(self.steps))
+        return state
+
+    def load_torch_state(self, k: int, piece: slice, state: Mapping[str, Any]) -> None:
+        for name, slot in self.slots.items():
+            if name in state:
+                slot[k, piece] = state[name].reshape(-1).to(slot.device)
+
+
+FUSED_OPTIMIZERS: Registry[type[FusedOptimizer]] = Registry("fused optimizer")
+
+
+@FUSED_OPTIMIZERS.register("sgd")
+class _SGD(FusedOptimizer):
+    """torch.optim.SGD: ``buf = m*buf + g``; nesterov ``g + m*buf``; ``p += -lr * step``."""
+
+    counts_steps = False
+
+    @classmethod
+    def active_slots(cls, cfgs: Sequence[OptimConfig]) -> tuple[str, ...]:
+        return ("momentum_buffer",) if any(c.momentum for c in cfgs) else ()
+
+    def update(self, p, g, coef):
+        d = self.decayed(p, g)
+        slots = {}
+        if self.any_momentum:
+            # torch's first buffer is a clone of the gradient: m * 0 + d == d. A member
+            # without momentum gets buf == d, which is torch's plain step.
+            buf = self.momentum * self.slots["momentum_buffer"] + d
+            slots["momentum_buffer"] = buf
+            d = d + self.momentum * buf if self.cfg.nesterov else buf
+        return p + coef["neg_lr"] * d, slots
+
+    def has_state(self, k: int) -> bool:
+        return self.steps > 0 and self.momentum_host[k] != 0
+
+
+@FUSED_OPTIMIZERS.register("adam")
+class _Adam(FusedOptimizer):
+    """torch.optim.Adam (weight decay as L2 through the gradient)."""
+
+    slot_names = ("exp_avg", "exp_avg_sq")
+    decoupled = False
+
+    def coefficients(self, lrs, first_step):
+        # In Python doubles, as torch computes them, then one tensor per epoch.
+        b1, b2 = self.cfg.betas
+        size, bias2, decay = [], [], []
+        for s, row in enumerate(lrs.tolist()):
+            t = float(first_step + 1 + s)
+            b1t, b2t = 1 - b1**t, 1 - b2**t
+            size.append([-(lr / b1t) for lr in row])
+            bias2.append([b2t**0.5] * len(row))
+            decay.append([1 - lr * wd for lr, wd in zip(row, self.weight_decay)])
+        coef = {
+            "neg_step_size": torch.tensor(size, dtype=torch.float64),
+            "bias2_sqrt": torch.tensor(bias2, dtype=torch.float64),
+        }
+        if self.decoupled:
+            coef["decay_factor"] = torch.tensor(decay, dtype=torch.float64)
+        return coef
+
+    def update(self, p, g, coef):
+        b1, b2 = self.cfg.betas
+        if self.decoupled:
+            if self.any_wd:
+                p = torch.where(self.decay, p * coef["decay_factor"], p)
+            d = g
+        else:
+            d = self.decayed(p, g)
+        exp_avg = torch.lerp(self.slots["exp_avg"], d, 1 - b1)
+        exp_avg_sq = torch.addcmul(self.slots["exp_avg_sq"] * b2, d, d, value=1 - b2)
+        denom = exp_avg_sq.sqrt() / coef["bias2_sqrt"] + self.cfg.eps
+        return p + coef["neg_step_size"] * exp_avg / denom, {
+            "exp_avg": exp_avg,
+            "exp_avg_sq": exp_avg_sq,
+        }
+
+
+@FUSED_OPTIMIZERS.register("adamw")
+class _AdamW(_Adam):
+    """torch.optim.AdamW (decoupled weight decay on the decayed entries)."""
+
+    decoupled = True
+
+
+@FUSED_OPTIMIZERS.register("adagrad")
+class _Adagrad(FusedOptimizer):
+    """torch.optim.Adagrad (lr_decay 0, zero initial accumulator)."""
+
+    slot_names = ("sum",)
+
+    def update(self, p, g, coef):
+        d = self.decayed(p, g)
+        total = torch.addcmul(self.slots["sum"], d, d)
+        std = total.sqrt() + self.cfg.eps
+        return p + coef["neg_lr"] * d / std, {"sum": total}
+
+    def has_state(self, k: int) -> bool:
+        return True  # torch creates Adagrad's state with the optimizer
+
+
+@FUSED_OPTIMIZERS.register("rmsprop")
+class _RMSprop(FusedOptimizer):
+    """torch.optim.RMSprop (alpha 0.99, not centered), momentum per member."""
+
+    alpha = 0.99
+
+    @classmethod
+    def active_slots(cls, cfgs: Sequence[OptimConfig]) -> tuple[str, ...]:
+        return (
+            ("square_avg", "momentum_buffer") if any(c.momentum for c in cfgs) else ("square_avg",)
+        )
+
+    def update(self, p, g, coef):
+        d = self.decayed(p, g)
+        square_avg = torch.addcmul(
+            self.slots["square_avg"] * self.alpha, d, d, value=1 - self.alpha
+        )
+        avg = square_avg.sqrt() + self.cfg.eps
+        slots = {"square_avg": square_avg}
+        plain = p + coef["neg_lr"] * d / avg
+        if not self.any_momentum:
+            return plain, slots
+        buf = torch.addcdiv(self.slots["momentum_buffer"] * self.momentum, d, avg)
+        slots["momentum_buffer"] = buf
+        return torch.where(self.momentum > 0, p + coef["neg_lr"] * buf, plain), slots
+
+    def torch_state(self, k, piece, shape):
+        state = super().torch_state(k, piece, shape)
+        if self.momentum_host[k] == 0:
+            state.pop("momentum_buffer", None)
+        return state
+
+
+# ---------------------------------------------------------------- batches for K members
+
+
+@dataclass
+class _Prep:
+    """The trainer's BatchPipeline with its statistics cached on the device.
+
+    Same arithmetic as :class:`~cnnlab.engine.batches.BatchPipeline` (normalize,
+    resize, then per-sample crop and flips), but the random draws of all members
+    come in as tensors, so one call serves the whole group and no per-batch copy
+    of the statistics reaches the device.
+    """
+
+    mean: torch.Tensor | None
+    std: torch.Tensor | None
+    size: tuple[int, int] | None
+    augment: AugmentConfig
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = T.to_float(x)
+        if self.mean is not None:
+            x = (x - self.mean) / self.std
+        if self.size is not None and tuple(x.shape[-2:]) != self.size:
+            x = T.resize(x, self.size)
+        return x
+
+    @property
+    def random(self) -> bool:
+        a = self.augment
+        return bool(a.crop_padding or a.hflip or a.vflip)
+
+    def draws(self, n: int, g: torch.Generator) -> list[torch.Tensor]:
+        """One member's draws for one batch, in the order the trainer's transforms take them."""
+        a = self.augment
+        out = []
+        if a.crop_padding:
+            # random_crop to the unpadded size: offsets in 0 .. 2 * padding
+            span = 2 * a.crop_padding + 1
+            out.append(torch.randint(0, span, (n,), generator=g))
+            out.append(torch.randint(0, span, (n,), generator=g))
+        if a.hflip:
+            out.append((torch.rand(n, generator=g) < a.hflip).long())
+        if a.vflip:
+            out.append((torch.rand(n, generator=g) < a.vflip).long())
+        return out
+
+    def apply(self, x: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
+        """Crop and flip ``x`` (``N x C x H x W``) with ``draws`` (``rows x N``, from :meth:`draws`)."""
+        a, i = self.augment, 0
+        if a.crop_padding:
+            h, w = x.shape[-2:]
+            x = F.pad(x, (a.crop_padding,) * 4, value=0)
+            oy, ox = draws[0], draws[1]
+            rows = (oy[:, None] + torch.arange(h, device=x.device))[:, :, None]
+            cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, :]
+            batch = torch.arange(len(x), device=x.device)[:, None, None]
+            x = x[batch, :, rows, cols].permute(0, 3, 1, 2).contiguous()
+            i = 2
+        for p, dim in ((a.hflip, -1), (a.vflip, -2)):
+            if p:
+                x = torch.where(draws[i].bool()[:, None, None, None], x.flip(dim), x)
+                i += 1
+        return x
+
+
+def _prep(splits: DataSplits, cfg: RunConfig, device: torch.device) -> _Prep:
+    d = cfg.data
+    mean = std = None
+    if d.normalize:
+        mean = torch.tensor(splits.mean, dtype=torch.float32).reshape(1, -1, 1, 1).to(device)
+        std = torch.tensor(splits.std, dtype=torch.float32).reshape(1, -1, 1, 1).to(device)
+    size = (d.resize, d.resize) if d.resize else None
+    return _Prep(mean, std, size, d.augment)
+
+
+def _epoch_draws(
+    prep: _Prep,
+    seeds: Sequence[int],
+    epoch: int,
+    n: int,
+    batch_size: int,
+    start: int,
+    device: torch.device,
+) -> list[torch.Tensor]:
+    """Every member's augmentation draws for the batches of one epoch, moved to the device at once.
+
+    Batch ``b`` of the member with seed ``s`` draws from the trainer's generator
+    for ``(s, epoch, b)``; the result for a batch is ``D x (K * rows)``, members
+    one after the other as in the stacked batch.
+    """
+    steps = (n + batch_size - 1) // batch_size
+    shapes, chunks = [], []
+    for b in range(start, steps):
+        rows = min(batch_size, n - b * batch_size)
+        per_member = [prep.draws(rows, generator(derive_seed(s, epoch, b, 1))) for s in seeds]
+        batch = torch.stack([torch.cat(kind) for kind in zip(*per_member)])
+        shapes.append(batch.shape)
+        chunks.append(batch.reshape(-1))
+    flat = torch.cat(chunks)
+    if device.type == "cuda":
+        flat = flat.pin_memory()
+    flat = flat.to(device, non_blocking=True)
+    pieces = torch.split(flat, [math.prod(sh) for sh in shapes])
+    return [piece.view(sh) for piece, sh in zip(pieces, shapes)]
+
+
+# ---------------------------------------------------------------- members
+
+
+@dataclass
+class _Member:
+    index: int
+    cfg: RunConfig
+    path: Path
+    folder: RunFolder | None = None
+    state: TrainState = field(default_factory=TrainState)
+    notes: list[str] = field(default_factory=list)
+    status: str = (
+        "running"  # running, completed, stopped (early), diverged, done (already finished)
+    )
+    diverged: dict[str, Any] | None = None
+
+
+def _summary(
+    m: _Member,
+    status: str,
+    *,
+    splits: DataSplits,
+    sizes: dict[str, int],
+    dev: str,
+    group: dict[str, Any],
+    t_start: float,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The trainer's summary.json for one member, plus a ``fused`` section."""
+    cfg, state = m.cfg, m.state
+    last = state.rows[-1] if state.rows else {}
+    train_examples = sizes["train"] * len(state.rows)
+    return {
+        "name": m.path.name,
+        "status": status,
+        "final": {
+            k: last.get(k)
+            for k in ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")
+        },
+        "best": {
+            "val_acc" if cfg.train.monitor == "val_acc" else "val_loss": state.best_val,
+            "epoch": state.best_epoch,
+        },
+        "time": {
+            "train_seconds": state.train_seconds,
+            "total_seconds": time.perf_counter() - t_start,
+            "examples_per_sec": train_examples / state.train_seconds
+            if state.train_seconds
+            else None,
+        },
+        "epochs_completed": state.epoch,
+        "steps": state.step,
+        "diverged": None,
+        "error": None,
+        "device": dev,
+        "world_size": 1,
+        "seed": cfg.train.seed,
+        "versions": versions(),
+        "data": {
+            "name": splits.name,
+            "source": splits.source,
+            "fingerprint": splits.fingerprint[:16],
+            "sizes": dict(sizes),
+            "classes": list(splits.classes),
+        },
+        "model_input": {
+            "in_channels": splits.in_channels,
+            "image_size": list(splits.image_size),
+            "input_size": list(input_size(splits, cfg.data)),
+            "classes": list(splits.classes),
+            "mean": list(splits.mean),
+            "std": list(splits.std),
+        },
+        "notes": m.notes,
+        "config": cfg.to_dict(),
+        "fused": {**group, "member": m.index},
+        **extra,
+    }
+
+
+# ---------------------------------------------------------------- the group
+
+
+def _check_group(
+    configs: Sequence[RunConfig | Mapping[str, Any]], run_dirs: Sequence[str | Path]
+) -> list[RunConfig]:
+    if not configs:
+        raise RunError("a fused group needs at least one run")
+    if len(configs) != len(run_dirs):
+        raise RunError(f"a fused group got {len(configs)} configs but {len(run_dirs)} run folders")
+    cfgs = [c if isinstance(c, RunConfig) else build_config(c) for c in configs]
+    key = fusable_key(cfgs[0])
+    if key is None:
+        raise ConfigError(
+            f"run cannot be fused (optim.name={cfgs[0].optim.name}, train.precision={cfgs[0].train.precision}, "
+            f"train.devices={cfgs[0].train.devices}, train.tensorboard={cfgs[0].train.tensorboard}); "
+            "train it with cnnlab.train"
+        )
+    for cfg in cfgs[1:]:
+        if fusable_key(cfg) != key:
+            raise ConfigError(
+                f"runs cannot be fused: they differ in {_first_difference(cfgs[0], cfg)}"
+            )
+    paths = [Path(p).resolve() for p in run_dirs]
+    if len(set(paths)) != len(paths):
+        raise RunError("a fused group got the same run folder twice")
+    return cfgs
+
+
+def _build_models(cfgs: Sequence[RunConfig], splits: DataSplits) -> list[nn.Module]:
+    """Each member's initial model exactly as the trainer builds it: seed, create, init."""
+    models = []
+    for cfg in cfgs:
+        seed_everything(cfg.train.seed, cfg.train.deterministic)
+        model = create_model(
+            cfg.model.name,
+            num_classes=splits.num_classes,
+            in_channels=splits.in_channels,
+            input_size=input_size(splits, cfg.data),
+            **cfg.model.options(),
+        )
+        init_weights(model, cfg.model.init)
+        models.append(model)
+    return models
+
+
+class _Group:
+    """The state of a fused group while it trains (weights, optimizer, members, data)."""
+
+    def __init__(
+        self,
+        cfgs: list[RunConfig],
+        members: list[_Member],
+        splits: DataSplits,
+        device: torch.device,
+    ) -> None:
+        self.cfg = cfgs[0]
+        self.cfgs = cfgs
+        self.members = members
+        self.splits = splits
+        self.device = device
+        self.train_set, self.val_set, self.test_set = (
+            s.to(device) for s in (splits.train, splits.val, splits.test)
+        )
+        self.prep = _prep(splits, self.cfg, device)
+        self.stack = _Stack(_build_models(cfgs, splits), device)
+        self.opt = FUSED_OPTIMIZERS.get(self.cfg.optim.name)(
+            [c.optim for c in cfgs], self.stack.decay, (self.stack.k, self.stack.size), device
+        )
+        self.autocast = _autocast(self.cfg, device)
+        self.steps_per_epoch = math.ceil(len(self.train_set) / self.cfg.train.batch_size)
+        self.has_dropout = any(
+            isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0
+            for m in self.stack.template.modules()
+        )
+        template, smoothing = self.stack.template, self.cfg.train.label_smoothing
+
+        def member_loss(params, buffers, x, y):
+            with self.autocast:
+                out = functional_call(template, (params, buffers), (x,))
+                loss = F.cross_entropy(out.float(), y, label_smoothing=smoothing)
+            return loss, (out.argmax(1) == y).sum()
+
+        def member_eval(params, buffers, x, y):
+            with self.autocast:
+                out = functional_call(template, (params, buffers), (x,))
+            return F.cross_entropy(out.float(), y, reduction="sum"), (out.argmax(1) == y).sum()
+
+        self.train_fn = vmap(member_loss, randomness="different")
+        self.eval_fn = vmap(member_eval, in_dims=(0, 0, None, None), randomness="different")
+        if self.cfg.train.compile:
+            self.train_fn = torch.compile(self.train_fn)
+            self.eval_fn = torch.compile(self.eval_fn)
+
+    # -- checkpoints in the single-run trainer's format
+
+    def optimizer_state(self, k: int) -> dict[str, Any]:
+        """Member ``k``'s optimizer as ``torch.optim``'s ``state_dict()`` (what the trainer resumes)."""
+        model = self.stack.template
+        opt = build_optimizer(model, self.cfgs[k].optim)
+        if self.opt.has_state(k):
+            for name, p in model.named_parameters():
+                opt.state[p] = self.opt.torch_state(k, self.stack.flat_slice(name), p.shape)
+        return opt.state_dict()
+
+    def load_optimizer_state(self, k: int, saved: Mapping[str, Any]) -> None:
+        model = self.stack.template
+        opt = build_optimizer(model, self.cfgs[k].optim)
+        opt.load_state_dict(saved)
+        for name, p in model.named_parameters():
+            if p in opt.state:
+                self.opt.load_torch_state(k, self.stack.flat_slice(name), opt.state[p])
+
+    def checkpoint(self, m: _Member) -> dict[str, Any]:
+        scaler = torch.amp.GradScaler("cuda", enabled=False)
+        return {
+            "version": _CHECKPOINT_VERSION,
+            "model": self.stack.state_dict(m.index),
+            "optimizer": self.optimizer_state(m.index),
+            "scaler": scaler.state_dict(),
+            "state": m.state.to_dict(),
+            "rng": ckpt.rng_state(),
+            "config_fingerprint": m.cfg.fingerprint(),
+        }
+
+    def save_last(self, m: _Member) -> None:
+        ckpt.save_checkpoint(self.checkpoint(m), m.folder.checkpoints / "last.pt")
+
+    # -- evaluation
+
+    @torch.no_grad()
+    def evaluate(self, split) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Per-member loss sum and correct count over a split (device tensors), or None when empty."""
+        if len(split) == 0:
+            return None
+        k = self.stack.k
+        loss = torch.zeros(k, device=self.device, dtype=torch.float64)
+        correct = torch.zeros(k, device=self.device, dtype=torch.int64)
+        self.stack.template.eval()
+        params = {n: p.detach() for n, p in self.stack.params.items()}
+        for x, y in eval_batches(split.images, split.labels, self.cfg.train.eval_batch_size):
+            l, c = self.eval_fn(params, self.stack.buffers, self.prep(x), y)
+            loss += l.double()
+            correct += c
+        self.stack.template.train()
+        return loss / len(split), correct.double() / len(split)
+
+
+def train_group(
+    configs: Sequence[RunConfig | Mapping[str, Any]],
+    run_dirs: Sequence[str | Path],
+    *,
+    splits: DataSplits | None = None,
+    callback: Callback | None = None,
+    resume: bool = False,
+) -> list[Run]:
+    """Train several runs at once as one fused computation; one normal run folder each.
+
+    Args:
+        configs: the members' configs; equal :func:`fusable_key` required (they may
+            differ in seed, lr, momentum and weight decay).
+        run_dirs: one run folder per member (must not hold a run unless resuming).
+        splits: already-loaded data (subset/permutation still applied), shared by all.
+        callback: ``callback(event, info)``: "start", "step", "epoch", "end" and
+            "note" like the trainer's; per-member events carry ``member`` and ``path``,
+            "step" carries the loss of every member as a device tensor.
+        resume: continue from the members' ``last.pt``; all members must stop at the
+            same point (a group that was interrupted together).
+
+    Returns:
+        One :class:`Run` per member, in order; diverged members return normally
+        with status ``diverged``.
+
+    Raises:
+        ConfigError: the runs cannot be fused. RunError: a folder already holds a run,
+        or the members of a resumed group are at different points.
+    """
+    t_start = time.perf_counter()
+    emit = callback or (lambda event, info: None)
+    cfgs = _check_group(configs, run_dirs)
+    cfg = cfgs[0]
+    paths = [_prepare_run_dir(c, Path(d), None, Path("."), resume) for c, d in zip(cfgs, run_dirs)]
+    device = resolve_device(cfg.train.device)
+    notes: list[str] = [f"trained in a fused group of {len(cfgs)}"]
+    if device.type != "cuda":
+        if cfg.train.precision != "fp32":
+            notes.append(
+                f"train.precision={cfg.train.precision} needs CUDA; running fp32 on {device.type}"
+            )
+        if cfg.train.channels_last:
+            notes.append(f"train.channels_last only helps on CUDA; ignored on {device.type}")
+    elif cfg.train.channels_last:
+        notes.append(
+            "train.channels_last is ignored in a fused group (its convolutions are grouped over the members)"
+        )
+
+    splits = load_run_data(cfg.data) if splits is None else prepare_splits(splits, cfg.data)
+    members = [_Member(i, c, p, notes=list(notes)) for i, (c, p) in enumerate(zip(cfgs, paths))]
+    group = _Group(cfgs, members, splits, device)
+    if group.has_dropout:
+        for m in members:
+            m.notes.append(
+                "dropout masks come from the fused group's generator, not this run's seed"
+            )
+    for m in members:
+        try:
+            m.folder = RunFolder(m.path)
+        except OSError as exc:
+            raise RunError(
+                f"cannot write to run folder {str(m.path)!r}: {exc.strerror or exc}"
+            ) from None
+    if resume:
+        _restore(group)
+    sizes = {"train": len(group.train_set), "val": len(group.val_set), "test": len(group.test_set)}
+    dev = device_label(device)
+    info = {"group_size": len(members), "members": [str(m.path) for m in members]}
+
+    def write_summary(m: _Member, status: str, **extra: Any) -> dict[str, Any]:
+        s = _summary(
+            m, status, splits=splits, sizes=sizes, dev=dev, group=info, t_start=t_start, **extra
+        )
+        m.folder.write_summary(s)
+        return s
+
+    def finish(m: _Member, status: str) -> None:
+        final = write_summary(m, status, diverged=m.diverged)
+        m.folder.write_metrics(m.state.rows)
+        m.folder.write_curves(m.state.rows, title=m.path.name)
+        m.folder.log(summary_line(final))
+        emit("end", {"summary": final, "path": m.path, "member": m.index})
+
+    total_epochs = cfg.train.epochs
+    for m in members:
+        m.folder.write_config(m.cfg)
+        for note in m.notes:
+            m.folder.log(f"note: {note}")
+        m.folder.log(f"config: {m.cfg.short()}")
+        if m.status == "running":
+            write_summary(m, "running")
+    start = members[0].state
+    emit(
+        "start",
+        {
+            "config": cfg,
+            "configs": cfgs,
+            "paths": paths,
+            "device": dev,
+            "epochs": total_epochs,
+            "start_epoch": start.epoch,
+            "steps_per_epoch": group.steps_per_epoch,
+            "num_train": sizes["train"],
+            "resumed": resume and start.step > 0,
+            "group_size": len(members),
+        },
+    )
+    try:
+        _train_epochs(group, emit, write_summary, finish)
+    except KeyboardInterrupt:
+        for m in members:
+            if m.status == "running":
+                write_summary(m, "interrupted")
+                m.folder.write_metrics(m.state.rows)
+                m.folder.write_curves(m.state.rows, title=m.path.name)
+                m.folder.log(
+                    f"interrupted at epoch {m.state.epoch + 1} batch {m.state.batch}; resume with: cnnlab train --resume {m.path}"
+                )
+        raise
+    return [Run.load(m.path) for m in members]
+
+
+def _restore(group: _Group) -> None:
+    """Load every member's last.pt; they must all stand at the same point of training."""
+    points = []
+    for m in group.members:
+        try:
+            saved, used = ckpt.load_latest_good(m.folder.checkpoints, "last")
+        except CheckpointError:
+            if (m.folder.checkpoints / "last.pt").exists() or (
+                m.folder.checkpoints / "last.prev.pt"
+            ).exists():
+                raise
+            points.append((0, 0, 0))
+            continue
+        if saved.get("config_fingerprint") != m.cfg.fingerprint():
+            raise CheckpointError(
+                f"checkpoint {str(used)!r} was written by a different config; resume needs the run's own config.yaml"
+            )
+        group.stack.load_member(m.index, saved["model"])
+        group.load_optimizer_state(m.index, saved["optimizer"])
+        m.state = TrainState(**saved["state"])
+        if used.name != "last.pt":
+            m.notes.append(f"newest checkpoint unusable; resumed from {used.name}")
+        points.append((m.state.epoch, m.state.batch, m.state.step))
+    if len(set(points)) > 1:
+        raise RunError(
+            "members of a fused group stopped at different points (epoch, batch, step: "
+            + ", ".join(str(p) for p in points)
+            + "); resume them one by one with cnnlab train --resume"
+        )
+    group.opt.steps = points[0][2]
+    cfg = group.cfg
+    for m in group.members:
+        done = m.state.epoch >= cfg.train.epochs or (
+            cfg.train.patience and m.state.bad_epochs >= cfg.train.patience
+        )
+        if done:
+            m.status = "done"
+        elif m.state.rows and m.state.epoch and m.state.rows[-1].get("epoch") != m.state.epoch:
+            raise RunError(f"run folder {str(m.path)!r} has an inconsistent checkpoint")
+
+
+def _train_epochs(
+    group: _Group,
+    emit: Callback,
+    write_summary: Callable[..., Any],
+    finish: Callable[[_Member, str], None],
+) -> None:
+    """Epochs of (train every running member, evaluate, record, checkpoint), as the trainer's."""
+    cfg, stack, device, opt = group.cfg, group.stack, group.device, group.opt
+    members = [m for m in group.members if m.status == "running"]
+    if not members:
+        return
+    k, n, bs = stack.k, len(group.train_set), cfg.train.batch_size
+    spe, total_epochs = group.steps_per_epoch, cfg.train.epochs
+    seeds = [c.train.seed for c in group.cfgs]
+    running = torch.tensor([m.status == "running" for m in group.members], device=device)
+    start_epoch, start_batch, step = (
+        members[0].state.epoch,
+        members[0].state.batch,
+        members[0].state.step,
+    )
+    opt.steps = step
+    stack.template.train()
+    for epoch in range(start_epoch, total_epochs):
+        t_epoch = time.perf_counter()
+        b0 = start_batch if epoch == start_epoch else 0
+        partial = members[0].state.partial if b0 else {}
+        loss_sum = torch.tensor(
+            [
+                float((m.state.partial or {}).get("loss_sum", 0.0)) if b0 else 0.0
+                for m in group.members
+            ],
+            device=device,
+            dtype=torch.float64,
+        )
+        correct = torch.tensor(
+            [int((m.state.partial or {}).get("correct", 0)) if b0 else 0 for m in group.members],
+            device=device,
+            dtype=torch.int64,
+        )
+        seen = int(partial.get("seen", 0))
+        epoch_seconds = float(partial.get("seconds", 0.0))
+        last_finite = torch.full((k,), math.nan, device=device)
+        diverged_at = torch.zeros(k, device=device, dtype=torch.int64)
+        step0 = step
+        # Everything the epoch needs from the host goes to the device here, once.
+        orders = torch.stack([epoch_order(n, s, epoch, "cpu") for s in seeds]).to(device)
+        lrs = torch.tensor(
+            [
+                [lr_at(c.schedule, c.optim.lr, step0 + i, spe, total_epochs) for c in group.cfgs]
+                for i in range(spe - b0)
+            ],
+            dtype=torch.float64,
+        )
+        coefs = {
+            name: t.to(device=device, dtype=torch.float32)
+            for name, t in opt.coefficients(lrs, step0).items()
+        }
+        draws = (
+            _epoch_draws(group.prep, seeds, epoch, n, bs, b0, device) if group.prep.random else None
+        )
+        try:
+            for b in range(b0, spe):
+                i = b - b0
+                idx = orders[:, b * bs : (b + 1) * bs]
+                rows = idx.shape[1]
+                x = group.prep(group.train_set.images[idx.reshape(-1)])
+                if draws is not None:
+                    x = group.prep.apply(x, draws[i])
+                x = x.reshape(k, rows, *x.shape[1:])
+                y = group.train_set.labels[idx]
+                losses, hits = group.train_fn(stack.params, stack.buffers, x, y)
+                stack.grad.zero_()
+                with warnings.catch_warnings():
+                    # The grads are views into one K x P tensor on purpose (see _Stack).
+                    warnings.filterwarnings("ignore", message="grad and param do not obey")
+                    losses.sum().backward()
+                losses = losses.detach()
+                finite = torch.isfinite(losses)
+                if cfg.train.grad_clip is not None:
+                    norms = torch.linalg.vector_norm(stack.grad, dim=1)
+                    finite = finite & torch.isfinite(norms)
+                    stack.grad.mul_(
+                        torch.clamp(cfg.train.grad_clip / (norms + 1e-6), max=1.0)[:, None]
+                    )
+                # A member whose loss is not finite takes no step and stays frozen (the trainer stops there).
+                upd = running & finite
+                diverged_at = torch.where(running & ~finite, step0 + i + 1, diverged_at)
+                last_finite = torch.where(upd, losses.float(), last_finite)
+                with torch.no_grad():
+                    opt.step(
+                        stack.flat,
+                        stack.grad,
+                        {name: t[i][:, None] for name, t in coefs.items()},
+                        upd[:, None],
+                    )
+                running = upd
+                loss_sum += torch.where(upd, losses.double() * rows, 0.0)
+                correct += torch.where(upd, hits, 0)
+                seen += rows
+                step += 1
+                for m in members:
+                    m.state.step, m.state.batch = step, b + 1
+                emit(
+                    "step",
+                    {
+                        "epoch": epoch + 1,
+                        "batch": b + 1,
+                        "steps": spe,
+                        "loss": losses,
+                        "lr": lrs[i].tolist(),
+                    },
+                )
+        except KeyboardInterrupt:
+            _save_partial(
+                group,
+                members,
+                loss_sum,
+                correct,
+                seen,
+                epoch_seconds + time.perf_counter() - t_epoch,
+                running,
+            )
+            raise
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - t_epoch
+        epoch_seconds += seconds
+        last_epoch = epoch + 1 == total_epochs
+        val = group.evaluate(group.val_set)
+        test = group.evaluate(group.test_set) if cfg.train.test_every_epoch or last_epoch else None
+        # The one read of the epoch.
+        tensors = [
+            loss_sum,
+            correct.double(),
+            diverged_at.double(),
+            last_finite.double(),
+            running.double(),
+        ]
+        tensors += [t for ev in (val, test) if ev is not None for t in ev]
+        host = torch.stack(tensors).cpu().tolist()
+        loss_h, correct_h, diverged_h, finite_h, running_h = host[:5]
+        val_h = host[5:7] if val is not None else None
+        test_h = host[-2:] if test is not None else None
+        for m in list(members):
+            j, state = m.index, m.state
+            state.train_seconds += seconds
+            if not running_h[j]:
+                at = int(diverged_h[j])
+                state.step, state.batch = at - 1, 0
+                m.diverged = {
+                    "epoch": epoch + 1,
+                    "step": at,
+                    "last_finite_loss": None if math.isnan(finite_h[j]) else finite_h[j],
+                    "lr": lr_at(m.cfg.schedule, m.cfg.optim.lr, at - 1, spe, total_epochs),
+                }
+                m.status = "diverged"
+                d = m.diverged
+                m.folder.log(
+                    f"diverged at epoch {d['epoch']} step {d['step']} (last finite loss {d['last_finite_loss']}, lr {d['lr']:.4g})"
+                )
+                finish(m, "diverged")
+                members.remove(m)
+                continue
+            row = {
+                "epoch": epoch + 1,
+                "train_loss": loss_h[j] / max(seen, 1),
+                "train_acc": correct_h[j] / max(seen, 1),
+                "val_loss": val_h[0][j] if val_h else None,
+                "val_acc": val_h[1][j] if val_h else None,
+                "test_loss": test_h[0][j] if test_h else None,
+                "test_acc": test_h[1][j] if test_h else None,
+                "lr": lr_at(m.cfg.schedule, m.cfg.optim.lr, step - 1, spe, total_epochs),
+                "examples_per_sec": seen / epoch_seconds if epoch_seconds > 0 else None,
+                "seconds": epoch_seconds,
+            }
+            state.rows.append(row)
+            state.epoch, state.batch, state.partial = epoch + 1, 0, {}
+            monitor = m.cfg.train.monitor
+            monitored = (
+                row[monitor]
+                if row[monitor] is not None
+                else (row["train_acc"] if monitor == "val_acc" else row["train_loss"])
+            )
+            if _better(monitored, state.best_val, monitor):
+                state.best_val, state.best_epoch, state.bad_epochs = monitored, epoch + 1, 0
+                best = {
+                    "model": stack.state_dict(j),
+                    "epoch": epoch + 1,
+                    "config_fingerprint": m.cfg.fingerprint(),
+                }
+                ckpt.save_checkpoint(best, m.folder.checkpoints / "best.pt", keep_previous=False)
+            else:
+                state.bad_epochs += 1
+            group.save_last(m)
+            m.folder.write_metrics(state.rows)
+            m.folder.log(_epoch_line(row))
+            write_summary(m, "running")
+            emit(
+                "epoch",
+                {
+                    "row": row,
+                    "epochs": total_epochs,
+                    "best_val": state.best_val,
+                    "best_epoch": state.best_epoch,
+                    "member": j,
+                    "path": m.path,
+                },
+            )
+            if cfg.train.patience and state.bad_epochs >= cfg.train.patience:
+                note = f"early stopping after epoch {epoch + 1}: no {monitor} improvement for {state.bad_epochs} epochs"
+                m.notes.append(note)
+                m.folder.log(f"note: {note}")
+                emit("note", {"text": note, "member": j, "path": m.path})
+                m.status = "stopped"
+        stopped = [m for m in members if m.status == "stopped"]
+        if len(group.test_set) and any(m.state.rows[-1]["test_acc"] is None for m in stopped):
+            # The trainer measures the test split once, after the last epoch it trains.
+            test_loss, test_acc = (t.tolist() for t in group.evaluate(group.test_set))
+            for m in stopped:
+                if m.state.rows[-1]["test_acc"] is None:
+                    m.state.rows[-1].update(
+                        test_loss=test_loss[m.index], test_acc=test_acc[m.index]
+                    )
+                    m.folder.write_metrics(m.state.rows)
+                    group.save_last(m)
+        for m in list(members):
+            if m.status == "stopped" or last_epoch:
+                m.status = "completed"
+                finish(m, "completed")
+                members.remove(m)
+        if not members:
+            break
+        running = torch.tensor([m in members for m in group.members], device=device)
+
+
+def _save_partial(
+    group: _Group,
+    members: list[_Member],
+    loss_sum: torch.Tensor,
+    correct: torch.Tensor,
+    seen: int,
+    seconds: float,
+    running: torch.Tensor,
+) -> None:
+    """Ctrl-C inside an epoch: each running member's last.pt at the current batch, resumable by the trainer."""
+    loss_h, correct_h, running_h = (
+        torch.stack([loss_sum, correct.double(), running.double()]).cpu().tolist()
+    )
+    for m in members:
+        if running_h[m.index]:
+            m.state.partial = {
+                "loss_sum": loss_h[m.index],
+                "correct": int(correct_h[m.index]),
+                "seen": seen,
+                "seconds": seconds,
+            }
+            group.save_last(m)

@@ -1,0 +1,332 @@
+"""Fused groups: K runs trained as one batched computation must equal the K separate runs."""
+
+import json
+
+import pytest
+import torch
+
+from cnnlab.config import load_config
+from cnnlab.engine import checkpoint as ckpt
+from cnnlab.engine.fused import (
+    FUSED_OPTIMIZERS,
+    fusable_key,
+    group_runs,
+    group_size_for,
+    train_group,
+)
+from cnnlab.engine.optim import build_optimizer
+from cnnlab.engine.run import Run
+from cnnlab.engine.trainer import train
+from cnnlab.errors import ConfigError, RunError
+from cnnlab.models import create_model
+
+BASE = ["train.epochs=2", "train.batch_size=32", "train.device=cpu"]
+ATOL = 1e-5
+
+
+def _cfgs(members, *extra):
+    return [load_config(overrides=[*BASE, *extra, *m]) for m in members]
+
+
+def _weights(path, which="last"):
+    return ckpt.load_checkpoint(path / "checkpoints" / f"{which}.pt")["model"]
+
+
+def _assert_close_weights(a, b, atol=ATOL):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.allclose(a[key].double(), b[key].double(), atol=atol, rtol=0), key
+
+
+def _separate(cfgs, tmp_path, splits, prefix="s"):
+    return [train(c, run_dir=tmp_path / f"{prefix}{i}", splits=splits) for i, c in enumerate(cfgs)]
+
+
+def _metric_rows(run):
+    return [
+        {k: v for k, v in r.items() if k not in ("examples_per_sec", "seconds")}
+        for r in run.metrics
+    ]
+
+
+MEMBERS = [
+    ["train.seed=0", "optim.lr=0.9"],
+    ["train.seed=1", "optim.lr=0.3", "optim.momentum=0.9"],
+    ["train.seed=2", "optim.lr=0.5", "optim.weight_decay=0.01"],
+]
+
+
+def test_fused_group_equals_separate_runs(tmp_path, patch_splits):
+    # textbook LeNet-5 with per-sample augmentation: each member must draw its own crops and flips
+    cfgs = _cfgs(
+        MEMBERS, "data.augment.crop_padding=2", "data.augment.hflip=0.5", "schedule=cosine"
+    )
+    fused = train_group(cfgs, [tmp_path / f"g{i}" for i in range(3)], splits=patch_splits)
+    separate = _separate(cfgs, tmp_path, patch_splits)
+    for f, s in zip(fused, separate):
+        assert f.status == s.status == "completed"
+        _assert_close_weights(_weights(f.path), _weights(s.path))
+        _assert_close_weights(_weights(f.path, "best"), _weights(s.path, "best"))
+        for rf, rs in zip(_metric_rows(f), _metric_rows(s), strict=True):
+            assert rf.keys() == rs.keys()
+            for key, value in rs.items():
+                # metrics.csv keeps 6 significant digits
+                assert rf[key] == (
+                    value if value is None else pytest.approx(value, rel=1e-4, abs=1e-5)
+                ), key
+        # a normal run folder: the trainer's files and summary keys, and a loadable model
+        assert {
+            "config.yaml",
+            "metrics.csv",
+            "summary.json",
+            "curves.png",
+            "log.txt",
+            "checkpoints",
+        } <= {p.name for p in f.path.iterdir()}
+        summary = json.loads((f.path / "summary.json").read_text())
+        assert set(s.summary) <= set(summary) and summary["fused"]["group_size"] == 3
+        assert (
+            summary["model_input"] == s.summary["model_input"]
+            and summary["data"] == s.summary["data"]
+        )
+        loaded = Run.load(f.path)
+        assert loaded.config == s.config and loaded.status == "completed"
+        model = loaded.load_model("best")
+        _assert_close_weights(model.state_dict(), _weights(f.path, "best"), atol=0)
+    # the members really differ from each other
+    w = [_weights(f.path) for f in fused]
+    assert not torch.allclose(
+        w[0]["features.conv1.conv.weight"], w[1]["features.conv1.conv.weight"]
+    )
+
+
+def test_diverging_member_is_masked_and_recorded(tmp_path, patch_splits):
+    members = [
+        ["train.seed=0", "optim.lr=0.05"],
+        ["train.seed=1", "optim.lr=100", "optim.momentum=0.99"],
+        ["train.seed=2", "optim.lr=0.1"],
+    ]
+    cfgs = _cfgs(members, "model=lenet5-modern", "optim.momentum=0.9")
+    fused = train_group(cfgs, [tmp_path / f"g{i}" for i in range(3)], splits=patch_splits)
+    separate = _separate(cfgs, tmp_path, patch_splits)
+    assert (
+        [f.status for f in fused]
+        == [s.status for s in separate]
+        == ["completed", "diverged", "completed"]
+    )
+    d, ds = fused[1].summary["diverged"], separate[1].summary["diverged"]
+    assert (d["epoch"], d["step"], d["lr"]) == (ds["epoch"], ds["step"], ds["lr"])
+    assert fused[1].summary["steps"] == separate[1].summary["steps"]
+    for i in (0, 2):
+        _assert_close_weights(_weights(fused[i].path), _weights(separate[i].path))
+
+
+def test_batch_norm_members_keep_their_own_running_stats(tmp_path, patch_splits):
+    cfgs = _cfgs(MEMBERS[:2], "model=lenet5-bn", "train.epochs=1")
+    fused = train_group(cfgs, [tmp_path / f"g{i}" for i in range(2)], splits=patch_splits)
+    separate = _separate(cfgs, tmp_path, patch_splits)
+    key = "features.conv1.norm.running_var"
+    for f, s in zip(fused, separate):
+        wf, ws = _weights(f.path), _weights(s.path)
+        _assert_close_weights(wf, ws)
+        assert int(wf["features.conv1.norm.num_batches_tracked"]) == 8
+    assert not torch.allclose(_weights(fused[0].path)[key], _weights(fused[1].path)[key])
+    # evaluation uses each member's own statistics
+    for f, s in zip(fused, separate):
+        assert f.summary["final"]["val_loss"] == pytest.approx(
+            s.summary["final"]["val_loss"], abs=1e-5
+        )
+
+
+def test_interrupted_members_resume_with_the_trainer_and_the_group(tmp_path, patch_splits):
+    members = [
+        ["train.seed=0", "optim.lr=0.05", "optim.momentum=0.9"],
+        ["train.seed=1", "optim.lr=0.1", "optim.weight_decay=0.01"],
+    ]
+    cfgs = _cfgs(members, "model=lenet5-modern")
+
+    def stop_at(epoch, batch):
+        def callback(event, info):
+            if event == "step" and (info["epoch"], info["batch"]) == (epoch, batch):
+                raise KeyboardInterrupt
+
+        return callback
+
+    separate = _separate(cfgs, tmp_path, patch_splits)
+    # Ctrl-C mid-epoch 2; each member then resumes on its own with the single-run trainer
+    with pytest.raises(KeyboardInterrupt):
+        train_group(
+            cfgs,
+            [tmp_path / f"a{i}" for i in range(2)],
+            splits=patch_splits,
+            callback=stop_at(2, 3),
+        )
+    assert all(
+        json.loads((tmp_path / f"a{i}" / "summary.json").read_text())["status"] == "interrupted"
+        for i in range(2)
+    )
+    for i, cfg in enumerate(cfgs):
+        run = train(cfg, run_dir=tmp_path / f"a{i}", resume=True, splits=patch_splits)
+        assert [r["epoch"] for r in run.metrics] == [1, 2]
+        _assert_close_weights(_weights(run.path), _weights(separate[i].path))
+    # ... or together, as a group
+    with pytest.raises(KeyboardInterrupt):
+        train_group(
+            cfgs,
+            [tmp_path / f"b{i}" for i in range(2)],
+            splits=patch_splits,
+            callback=stop_at(1, 5),
+        )
+    with pytest.raises(RunError, match="already holds a run"):
+        train_group(cfgs, [tmp_path / f"b{i}" for i in range(2)], splits=patch_splits)
+    runs = train_group(
+        cfgs, [tmp_path / f"b{i}" for i in range(2)], splits=patch_splits, resume=True
+    )
+    for run, s in zip(runs, separate):
+        assert run.status == "completed" and [r["epoch"] for r in run.metrics] == [1, 2]
+        _assert_close_weights(_weights(run.path), _weights(s.path))
+
+
+def test_early_stopping_members(tmp_path, patch_splits):
+    members = [["train.seed=0", "optim.lr=1e-9"], ["train.seed=1", "optim.lr=0.05"]]
+    cfgs = _cfgs(members, "model=lenet5-modern", "train.epochs=4", "train.patience=1")
+    fused = train_group(cfgs, [tmp_path / f"g{i}" for i in range(2)], splits=patch_splits)
+    separate = _separate(cfgs, tmp_path, patch_splits)
+    for f, s in zip(fused, separate):
+        assert len(f.metrics) == len(s.metrics) and f.status == s.status == "completed"
+        assert f.metrics[-1]["test_acc"] == pytest.approx(s.metrics[-1]["test_acc"], abs=1e-6)
+        _assert_close_weights(_weights(f.path), _weights(s.path))
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"name": "sgd", "nesterov": True},
+        {"name": "sgd"},
+        {"name": "adam"},
+        {"name": "adamw"},
+        {"name": "adagrad"},
+        {"name": "rmsprop"},
+    ],
+    ids=lambda o: o["name"] + ("-nesterov" if o.get("nesterov") else ""),
+)
+def test_fused_optimizers_follow_torch_optim(options):
+    # Same gradients in, same weights and state out: members with their own lr, momentum and decay.
+    hyper = [
+        (0.1, 0.9, 0.0),
+        (0.01, 0.5, 0.05),
+        (0.3, 0.9 if options.get("nesterov") else 0.0, 0.1),
+    ]
+    cfgs = [
+        load_config(
+            overrides=[f"optim.{k}={v}" for k, v in options.items()]
+            + [f"optim.lr={lr}", f"optim.momentum={m}", f"optim.weight_decay={wd}"]
+        ).optim
+        for lr, m, wd in hyper
+    ]
+    torch.manual_seed(0)
+    models = [create_model("lenet5", num_classes=4, in_channels=1, input_size=12) for _ in cfgs]
+    from cnnlab.engine.fused import _Stack
+
+    stack = _Stack(models, torch.device("cpu"))
+    fused = FUSED_OPTIMIZERS.get(options["name"])(
+        cfgs, stack.decay, (stack.k, stack.size), torch.device("cpu")
+    )
+    references = [build_optimizer(m, c) for m, c in zip(models, cfgs)]
+    steps = 4
+    lrs = torch.tensor([[c.lr * (0.5**s) for c in cfgs] for s in range(steps)], dtype=torch.float64)
+    coefs = {k: v.float() for k, v in fused.coefficients(lrs, 0).items()}
+    gen = torch.Generator().manual_seed(1)
+    for s in range(steps):
+        grads = torch.randn(stack.k, stack.size, generator=gen)
+        for k, (model, opt) in enumerate(zip(models, references)):
+            for group in opt.param_groups:
+                group["lr"] = float(lrs[s, k])
+            for name, p in model.named_parameters():
+                p.grad = grads[k, stack.flat_slice(name)].reshape(p.shape).clone()
+            opt.step()
+        with torch.no_grad():
+            fused.step(
+                stack.flat,
+                grads,
+                {n: c[s][:, None] for n, c in coefs.items()},
+                torch.ones(stack.k, 1, dtype=torch.bool),
+            )
+    for k, model in enumerate(models):
+        for name, p in model.named_parameters():
+            assert torch.allclose(
+                stack.flat[k, stack.flat_slice(name)], p.detach().reshape(-1), atol=1e-6, rtol=1e-6
+            ), name
+        # the state converts to torch's optimizer state (what a resumed single run loads)
+        state = references[k].state_dict()["state"]
+        ours = {}
+        for i, (name, p) in enumerate(model.named_parameters()):
+            if fused.has_state(k):
+                ours[name] = fused.torch_state(k, stack.flat_slice(name), p.shape)
+        by_name = {
+            name: references[k].state[p]
+            for name, p in model.named_parameters()
+            if p in references[k].state
+        }
+        assert ours.keys() == by_name.keys() and bool(state) == bool(ours)
+        for name, slots in by_name.items():
+            assert ours[name].keys() == slots.keys()
+            for slot, value in slots.items():
+                assert torch.allclose(
+                    ours[name][slot].double(), value.double(), atol=1e-5, rtol=1e-5
+                ), (name, slot)
+
+
+def test_frozen_members_do_not_move():
+    cfg = load_config(overrides=["optim.momentum=0.9"]).optim
+    torch.manual_seed(0)
+    from cnnlab.engine.fused import _Stack
+
+    stack = _Stack(
+        [create_model("lenet5", num_classes=4, in_channels=1, input_size=12) for _ in range(2)],
+        torch.device("cpu"),
+    )
+    opt = FUSED_OPTIMIZERS.get("sgd")([cfg, cfg], stack.decay, (2, stack.size), torch.device("cpu"))
+    before = stack.flat.clone()
+    grads = torch.randn(2, stack.size)
+    grads[1, 0] = float("nan")
+    with torch.no_grad():
+        opt.step(
+            stack.flat, grads, {"neg_lr": torch.full((2, 1), -0.1)}, torch.tensor([[True], [False]])
+        )
+    assert torch.equal(stack.flat[1], before[1]) and not torch.equal(stack.flat[0], before[0])
+    assert torch.isfinite(opt.slots["momentum_buffer"]).all()
+
+
+def test_fusable_key_and_grouping():
+    a = load_config(overrides=["train.seed=0"])
+    b = load_config(
+        overrides=["train.seed=5", "optim.lr=0.1", "optim.momentum=0.9", "optim.weight_decay=1e-4"]
+    )
+    c = load_config(overrides=["train.batch_size=128"])
+    d = load_config(overrides=["model.activation=relu"])
+    assert fusable_key(a) == fusable_key(b) is not None
+    assert fusable_key(a) != fusable_key(c) and fusable_key(a) != fusable_key(d)
+    for unfusable in (["train.precision=fp16"], ["train.devices=2"], ["train.tensorboard=true"]):
+        assert fusable_key(load_config(overrides=unfusable)) is None
+    fp16 = load_config(overrides=["train.precision=fp16"])
+    assert group_runs([a, c, b, fp16, fp16, a], max_size=2) == [[0, 2], [5], [1], [3], [4]]
+    with pytest.raises(ConfigError, match=r"differ in train.batch_size \(256 vs 128\)"):
+        train_group([a, c], ["x", "y"])
+
+
+def test_group_size_for_follows_memory():
+    cfg = load_config(overrides=["train.device=cpu"])
+    small = group_size_for(cfg, free_bytes=200 * 2**20, max_size=1000)
+    large = group_size_for(cfg, free_bytes=2000 * 2**20, max_size=1000)
+    assert 1 <= small < large
+    assert group_size_for(cfg, free_bytes=2**40) == 8  # the CPU cap
+    assert group_size_for(cfg, free_bytes=0) == 1
+    assert (
+        group_size_for(
+            load_config(overrides=["model=resnet18", "train.device=cpu"]),
+            free_bytes=2000 * 2**20,
+            max_size=1000,
+        )
+        < small
+    )
