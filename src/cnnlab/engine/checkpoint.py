@@ -98,6 +98,8 @@ def save_checkpoint(state: dict[str, Any], path: Path, *, keep_previous: bool = 
         os.replace(tmp, path)
         tmp = None
         _fsync_dir(path.parent)
+        for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a process killed mid-write
+            stale.unlink(missing_ok=True)
     except OSError as exc:
         raise CheckpointError(
             f"could not write checkpoint {str(path)!r}: {exc.strerror or exc}; "
