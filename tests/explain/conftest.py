@@ -91,7 +91,9 @@ class PatchNet(Network):
     gap_head = True
     cam_layer = "features.act3"
 
-    def __init__(self, num_classes: int = len(CLASSES), in_channels: int = 1, width: int = 24) -> None:
+    def __init__(
+        self, num_classes: int = len(CLASSES), in_channels: int = 1, width: int = 24
+    ) -> None:
         super().__init__(num_classes=num_classes, in_channels=in_channels, input_size=(SIZE, SIZE))
         self.features = nn.Sequential(
             OrderedDict(
@@ -136,6 +138,7 @@ def train_patch_net(steps: int = 200, seed: int = 0) -> PatchNet:
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+    model.zero_grad(set_to_none=True)
     model.eval()
     with torch.no_grad():
         before = model(x_all[:256]).softmax(1)

@@ -33,6 +33,7 @@ def explainable_copy(model: nn.Module) -> nn.Module:
             module.inplace = False
     clone.eval()
     clone.requires_grad_(False)
+    clone.zero_grad(set_to_none=True)  # gradients the user's model holds are not ours to carry
     return clone
 
 

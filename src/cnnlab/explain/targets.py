@@ -64,7 +64,8 @@ def resolve_targets(
             return logits.argmax(1)
         if labels is None:
             raise ExplainError(
-                "target 'true' needs labelled images; image files have no label, use pred or a class"
+                "target 'true' needs the true labels, which image files do not have; "
+                "use pred or a class"
             )
         true = torch.as_tensor(labels, dtype=torch.int64, device=device).reshape(-1)
         if true.numel() != n:
