@@ -29,6 +29,11 @@ def _pyplot():
     return plt
 
 
+def _plain(text: str) -> str:
+    """Text shown as typed: class and run names come from users, and ``$`` would start mathtext."""
+    return str(text).replace("$", r"\$")
+
+
 def _save(fig, out: str | Path) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -86,9 +91,9 @@ def explanation_grid(
         heat = _unit(maps[row].numpy().astype(float))
         ax_img, ax_heat, ax_over = axes[row]
         ax_img.imshow(picture, cmap=cmap, interpolation="nearest")
-        ax_img.set_ylabel(captions[row], fontsize=7)
+        ax_img.set_ylabel(_plain(captions[row]), fontsize=7)
         ax_heat.imshow(heat, cmap=_HEAT_CMAP, vmin=0, vmax=1, interpolation="nearest")
-        ax_heat.set_xlabel(f"target: {target_names[row]}", fontsize=7)
+        ax_heat.set_xlabel(_plain(f"target: {target_names[row]}"), fontsize=7)
         ax_over.imshow(picture, cmap=cmap, interpolation="nearest")
         ax_over.imshow(
             heat, cmap=_HEAT_CMAP, vmin=0, vmax=1, alpha=_OVERLAY_ALPHA, interpolation="bilinear"
@@ -98,7 +103,7 @@ def explanation_grid(
     for ax, name in zip(axes[0], ("image", "heat map", "overlay")):
         ax.set_title(name, fontsize=8)
     if title:
-        fig.suptitle(title, fontsize=9)
+        fig.suptitle(_plain(title), fontsize=9)
     return _save(fig, out)
 
 
@@ -122,7 +127,7 @@ def feature_map_grid(maps: torch.Tensor, out: str | Path, *, title: str = "") ->
         else:
             ax.axis("off")
     if title:
-        fig.suptitle(title, fontsize=9)
+        fig.suptitle(_plain(title), fontsize=9)
     return _save(fig, out)
 
 
@@ -158,7 +163,7 @@ def kernel_grid(
         ax.imshow(tile, cmap=None if colour else "gray", interpolation="nearest")
         ax.set_title(label, fontsize=5, pad=1)
     if title:
-        fig.suptitle(title, fontsize=9)
+        fig.suptitle(_plain(title), fontsize=9)
     return _save(fig, out)
 
 
@@ -180,11 +185,11 @@ def mistakes_grid(
         if i < len(images):
             picture, cmap = _image_array(images[i])
             ax.imshow(picture, cmap=cmap, interpolation="nearest")
-            ax.set_xlabel(captions[i], fontsize=7)
+            ax.set_xlabel(_plain(captions[i]), fontsize=7)
         else:
             ax.axis("off")
     if len(images) == 0:
         axes.flat[0].text(0.5, 0.5, "no mistakes", ha="center", va="center")
     if title:
-        fig.suptitle(title, fontsize=9)
+        fig.suptitle(_plain(title), fontsize=9)
     return _save(fig, out)
