@@ -33,7 +33,11 @@ def _write_tree(root: Path, colour: bool) -> Path:
 
 @pytest.fixture(scope="session")
 def runs(tmp_path_factory):
-    """A LeNet run on grayscale images and a ResNet-18 (small stem) run on colour images."""
+    """A LeNet run on grayscale images and a ResNet-18 (small stem) run on colour images.
+
+    The ResNet-18 runs at a quarter of the usual width so the run folder is made
+    in seconds; test_methods runs every method on the full-width network.
+    """
     from cnnlab.engine.trainer import train
 
     base = tmp_path_factory.mktemp("explain-runs")

@@ -15,7 +15,6 @@ from cnnlab.explain.attribution import MethodOptions
 from cnnlab.explain.methods import METHODS, Method
 from cnnlab.explain.modules import default_layer, explainable_copy, resolve_layer
 from cnnlab.explain.targets import Target, resolve_targets
-from cnnlab.registry import normalize_name
 
 
 @dataclass
@@ -211,8 +210,3 @@ def normalize_maps(maps: torch.Tensor) -> torch.Tensor:
     span = flat.max(1, keepdim=True).values - low
     out = (flat - low) / torch.where(span > 0, span, torch.ones_like(span))
     return out.reshape(maps.shape)
-
-
-def method_uses_layer(method: str) -> bool:
-    """Whether ``--layer`` applies to ``method``."""
-    return METHODS.get(normalize_name(method)).uses_layer
