@@ -78,8 +78,12 @@ MEMBER_KEYS = ("train.seed", "optim.lr", "optim.momentum", "optim.weight_decay")
 # Must match the trainer's, so a fused member's last.pt resumes with `cnnlab train --resume`.
 _CHECKPOINT_VERSION = 1
 
-# Largest group on a CPU: beyond this a group gains nothing over running its halves one
-# after the other (see docs/benchmarks.md), and a smaller group frees the machine sooner.
+# On a CPU a fused step is one grouped convolution instead of K plain ones, which
+# oneDNN runs no faster, so fusing pays only where per-step overhead dominates:
+# measured with classic LeNet-5 (0.42 MMACs per image), fused K=8 beat separate
+# runs by 35% at batch 4, tied at batch 8-16 and lost 25-50% at batch 32-256
+# (docs/benchmarks.md). Groups of up to 8 are formed below this much work per step.
+_CPU_FUSE_MACS = 4_000_000
 _CPU_MAX_GROUP = 8
 _GPU_MAX_GROUP = 64
 
@@ -133,6 +137,14 @@ def _first_difference(a: RunConfig, b: RunConfig) -> str:
 # ---------------------------------------------------------------- memory estimate
 
 
+def _summary_of(config: RunConfig, input_shape: tuple[int, int, int], num_classes: int):
+    from cnnlab.models.summary import summary
+
+    return summary(
+        config.model.name, input_shape, num_classes=num_classes, **config.model.options()
+    )
+
+
 def member_bytes(
     config: RunConfig, input_shape: tuple[int, int, int], num_classes: int = 10
 ) -> int:
@@ -142,9 +154,7 @@ def member_bytes(
     each), plus the batch and the activations autograd keeps: about two float32
     tensors per layer output (the output and what its backward needs).
     """
-    from cnnlab.models.summary import summary
-
-    s = summary(config.model.name, input_shape, num_classes=num_classes, **config.model.options())
+    s = _summary_of(config, input_shape, num_classes)
     slots = FUSED_OPTIMIZERS.get(config.optim.name).slots_for(config.optim)
     per_param = 4 * (2 + slots + 3)
     per_sample = 2 * s.activation_bytes + 4 * math.prod(input_shape)
@@ -178,7 +188,9 @@ def group_size_for(
         device: default ``config.train.device``.
         splits: the data, for the input shape and its own footprint; without it the
             shape comes from ``data.resize`` and the model's designed input.
-        max_size: upper bound; default 64 on a GPU and 8 on a CPU.
+        max_size: upper bound; default 64 on a GPU and 8 on a CPU. On a CPU,
+            runs whose step is more than a few million multiply-accumulates get 1
+            (not fused), because fusing them is slower there (see _CPU_FUSE_MACS).
         free_bytes: memory to plan with; default 80% of the GPU's free memory, or
             half of the available RAM.
 
@@ -198,9 +210,13 @@ def group_size_for(
             else (default_input_size(config.model.name) or (28, 28))
         )
         classes, data = 10, 0
+    shape = (channels, *size)
+    work = config.train.batch_size * _summary_of(config, shape, classes).macs
+    if dev.type == "cpu" and max_size is None and work > _CPU_FUSE_MACS:
+        return 1
     budget = (free_bytes if free_bytes is not None else _free_bytes(dev)) - data
     cap = max_size or (_GPU_MAX_GROUP if dev.type == "cuda" else _CPU_MAX_GROUP)
-    per = member_bytes(config, (channels, *size), classes)
+    per = member_bytes(config, shape, classes)
     return int(max(1, min(cap, budget // max(per, 1))))
 
 

@@ -1,0 +1,58 @@
+"""Smoke test: the speed benchmark runs end to end on a tiny slice of Fashion-MNIST."""
+
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(
+    not FASHION.is_file(), reason="Fashion-MNIST not installed (apt install dataset-fashion-mnist)"
+)
+def test_speed_quick_runs_and_writes_tables(tmp_path, monkeypatch):
+    monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.syspath_prepend(str(BENCH))
+    speed = importlib.import_module("speed")
+    args = [
+        "--quick",
+        "--device",
+        "cpu",
+        "--cases",
+        "lenet",
+        "fused-lenet",
+        "--subset",
+        "256",
+        "--test-subset",
+        "128",
+    ]
+    assert speed.main([*args, "--members", "2", "--out", str(tmp_path / "out")]) == 0
+    result = json.loads((tmp_path / "out" / "speed.json").read_text())
+    loops = [(r["case"], r["loop"]) for r in result["rows"]]
+    # one textbook run serves both cases (same settings), then the engine, then the fused group
+    assert loops == [
+        ("lenet", "textbook (0 workers)"),
+        ("lenet", "cnnlab"),
+        ("fused-lenet", "cnnlab"),
+        ("fused-lenet", "cnnlab fused x2"),
+    ]
+    for row in result["rows"]:
+        assert (
+            row["examples_per_sec"] > 0 and row["train_seconds"] > 0 and 0 <= row["test_acc"] <= 1
+        )
+        assert row["loop"].startswith("textbook") or (
+            row["ratio"] > 0 and set(row["extra"]["statuses"]) == {"completed"}
+        )
+    assert (
+        result["rows"][0]["extra"]["d2l_examples_per_sec"] >= result["rows"][0]["examples_per_sec"]
+    )
+    table = (tmp_path / "out" / "speed.md").read_text()
+    assert "| fused-lenet | cnnlab fused x2 |" in table
+    for name in ("speed", "textbook_loop"):
+        sys.modules.pop(name, None)
