@@ -68,7 +68,8 @@ def vmap_step(k: int, batch: int, device: torch.device):
     from cnnlab.models import create_model
 
     stack = _Stack(
-        [create_model("lenet5", num_classes=10, in_channels=1, input_size=28) for _ in range(k)],
+        (create_model("lenet5", num_classes=10, in_channels=1, input_size=28) for _ in range(k)),
+        k,
         device,
     )
     cfg = load_config(overrides=["optim.lr=0.1"]).optim

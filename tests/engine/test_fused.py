@@ -228,7 +228,7 @@ def test_fused_optimizers_follow_torch_optim(options):
     models = [create_model("lenet5", num_classes=4, in_channels=1, input_size=12) for _ in cfgs]
     from cnnlab.engine.fused import _Stack
 
-    stack = _Stack(models, torch.device("cpu"))
+    stack = _Stack(models, len(models), torch.device("cpu"))
     fused = FUSED_OPTIMIZERS.get(options["name"])(
         cfgs, stack.decay, (stack.k, stack.size), torch.device("cpu")
     )
@@ -284,6 +284,7 @@ def test_frozen_members_do_not_move():
 
     stack = _Stack(
         [create_model("lenet5", num_classes=4, in_channels=1, input_size=12) for _ in range(2)],
+        2,
         torch.device("cpu"),
     )
     opt = FUSED_OPTIMIZERS.get("sgd")([cfg, cfg], stack.decay, (2, stack.size), torch.device("cpu"))

@@ -33,7 +33,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -231,9 +231,11 @@ class _Stack:
     ``K x P`` tensor and the optimizer needs no gather.
     """
 
-    def __init__(self, models: Sequence[nn.Module], device: torch.device) -> None:
-        self.template = models[0].to(device)
-        self.k = len(models)
+    def __init__(self, models: Iterable[nn.Module], k: int, device: torch.device) -> None:
+        """Fill the stack from ``k`` models, built one at a time (only one is ever held besides it)."""
+        models = iter(models)
+        self.template = next(models).to(device)
+        self.k = k
         named = list(self.template.named_parameters())
         self.spans: dict[str, tuple[int, torch.Size]] = {}
         offset = 0
@@ -241,29 +243,30 @@ class _Stack:
             self.spans[name] = (offset, p.shape)
             offset += p.numel()
         self.size = offset
-        self.flat = torch.empty(self.k, self.size, device=device)
+        self.flat = torch.empty(k, self.size, device=device)
         self.grad = torch.zeros_like(self.flat)
-        for k, model in enumerate(models):
-            self.flat[k] = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).to(
-                device
-            )
+        self.buffers = {
+            name: torch.empty((k, *b.shape), dtype=b.dtype, device=device)
+            for name, b in self.template.named_buffers()
+        }
+        self.load_member(
+            0, dict(self.template.named_parameters()) | dict(self.template.named_buffers())
+        )
+        for i, model in enumerate(models, start=1):
+            self.load_member(i, dict(model.named_parameters()) | dict(model.named_buffers()))
         self.params: dict[str, torch.Tensor] = {}
         for name, (off, shape) in self.spans.items():
-            view = self.flat[:, off : off + shape.numel()].view(self.k, *shape)
+            view = self.flat[:, off : off + shape.numel()].view(k, *shape)
             view.requires_grad_()
-            view.grad = self.grad[:, off : off + shape.numel()].view(self.k, *shape)
+            view.grad = self.grad[:, off : off + shape.numel()].view(k, *shape)
             self.params[name] = view
-        self.buffers = {
-            name: torch.stack([dict(m.named_buffers())[name].detach() for m in models]).to(device)
-            for name, _ in self.template.named_buffers()
-        }
         # The trainer's weight-decay split (conv/linear weights only), as a mask over P.
-        decayed = {id(p) for p in param_groups(self.template, 1.0)[0]["params"]} if named else set()
+        groups = param_groups(self.template, 1.0)
+        decayed = {id(p) for g in groups if g["weight_decay"] for p in g["params"]}
         mask = torch.zeros(self.size, dtype=torch.bool)
         for name, p in named:
             if id(p) in decayed:
-                off, shape = self.spans[name]
-                mask[off : off + shape.numel()] = True
+                mask[self.flat_slice(name)] = True
         self.decay = mask.to(device)[None, :]
         self.keys = list(self.template.state_dict().keys())
 
@@ -273,6 +276,7 @@ class _Stack:
         return {key: src[key][k].detach().to("cpu", copy=True) for key in self.keys}
 
     def load_member(self, k: int, state: Mapping[str, torch.Tensor]) -> None:
+        """Put one member's weights and buffers (a state dict) into row ``k``."""
         with torch.no_grad():
             for name, (off, shape) in self.spans.items():
                 self.flat[k, off : off + shape.numel()] = (
@@ -631,9 +635,8 @@ class _Member:
     folder: RunFolder | None = None
     state: TrainState = field(default_factory=TrainState)
     notes: list[str] = field(default_factory=list)
-    status: str = (
-        "running"  # running, completed, stopped (early), diverged, done (already finished)
-    )
+    # running, stopped (early, finishing this epoch), completed, diverged, done (finished before a resume)
+    status: str = "running"
     diverged: dict[str, Any] | None = None
 
 
@@ -729,9 +732,8 @@ def _check_group(
     return cfgs
 
 
-def _build_models(cfgs: Sequence[RunConfig], splits: DataSplits) -> list[nn.Module]:
+def _build_models(cfgs: Sequence[RunConfig], splits: DataSplits) -> Iterator[nn.Module]:
     """Each member's initial model exactly as the trainer builds it: seed, create, init."""
-    models = []
     for cfg in cfgs:
         seed_everything(cfg.train.seed, cfg.train.deterministic)
         model = create_model(
@@ -742,8 +744,7 @@ def _build_models(cfgs: Sequence[RunConfig], splits: DataSplits) -> list[nn.Modu
             **cfg.model.options(),
         )
         init_weights(model, cfg.model.init)
-        models.append(model)
-    return models
+        yield model
 
 
 class _Group:
@@ -765,7 +766,7 @@ class _Group:
             s.to(device) for s in (splits.train, splits.val, splits.test)
         )
         self.prep = _prep(splits, self.cfg, device)
-        self.stack = _Stack(_build_models(cfgs, splits), device)
+        self.stack = _Stack(_build_models(cfgs, splits), len(cfgs), device)
         self.opt = FUSED_OPTIMIZERS.get(self.cfg.optim.name)(
             [c.optim for c in cfgs], self.stack.decay, (self.stack.k, self.stack.size), device
         )
@@ -932,6 +933,9 @@ def train_group(
         emit("end", {"summary": final, "path": m.path, "member": m.index})
 
     total_epochs = cfg.train.epochs
+    for note in notes:
+        log.info(note)
+        emit("note", {"text": note})
     for m in members:
         m.folder.write_config(m.cfg)
         for note in m.notes:
@@ -939,7 +943,7 @@ def train_group(
         m.folder.log(f"config: {m.cfg.short()}")
         if m.status == "running":
             write_summary(m, "running")
-    start = members[0].state
+    start = next((m.state for m in members if m.status == "running"), members[0].state)
     emit(
         "start",
         {
@@ -971,15 +975,23 @@ def train_group(
 
 
 def _restore(group: _Group) -> None:
-    """Load every member's last.pt; they must all stand at the same point of training."""
+    """Load the members' last.pt; those still training must all stand at the same point.
+
+    A member whose summary says it finished (completed or diverged) is left as it is.
+    """
     points = []
     for m in group.members:
         try:
+            status = json.loads((m.path / "summary.json").read_text()).get("status")
+        except (OSError, ValueError):
+            status = None
+        if status in ("completed", "diverged"):
+            m.status = "done"
+            continue
+        try:
             saved, used = ckpt.load_latest_good(m.folder.checkpoints, "last")
         except CheckpointError:
-            if (m.folder.checkpoints / "last.pt").exists() or (
-                m.folder.checkpoints / "last.prev.pt"
-            ).exists():
+            if any((m.folder.checkpoints / f).exists() for f in ("last.pt", "last.prev.pt")):
                 raise
             points.append((0, 0, 0))
             continue
@@ -999,16 +1011,6 @@ def _restore(group: _Group) -> None:
             + ", ".join(str(p) for p in points)
             + "); resume them one by one with cnnlab train --resume"
         )
-    group.opt.steps = points[0][2]
-    cfg = group.cfg
-    for m in group.members:
-        done = m.state.epoch >= cfg.train.epochs or (
-            cfg.train.patience and m.state.bad_epochs >= cfg.train.patience
-        )
-        if done:
-            m.status = "done"
-        elif m.state.rows and m.state.epoch and m.state.rows[-1].get("epoch") != m.state.epoch:
-            raise RunError(f"run folder {str(m.path)!r} has an inconsistent checkpoint")
 
 
 def _train_epochs(
