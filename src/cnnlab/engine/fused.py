@@ -865,8 +865,9 @@ def train_group(
         run_dirs: one run folder per member (must not hold a run unless resuming).
         splits: already-loaded data (subset/permutation still applied), shared by all.
         callback: ``callback(event, info)``: "start", "step", "epoch", "end" and
-            "note" like the trainer's; per-member events carry ``member`` and ``path``,
-            "step" carries the loss of every member as a device tensor.
+            "note" like the trainer's; per-member events ("epoch", "end") carry ``member``
+            and ``path``; "step" has the trainer's keys (mean loss, member 0's lr) plus
+            ``losses`` (a device tensor) and ``lrs``.
         resume: continue from the members' ``last.pt``; all members must stop at the
             same point (a group that was interrupted together).
 
@@ -949,6 +950,7 @@ def train_group(
         {
             "config": cfg,
             "configs": cfgs,
+            "path": paths[0],
             "paths": paths,
             "device": dev,
             "epochs": total_epochs,
@@ -1115,14 +1117,17 @@ def _train_epochs(
                 step += 1
                 for m in members:
                     m.state.step, m.state.batch = step, b + 1
+                # The trainer's event (a 0-dim loss tensor, a float lr), plus every member's.
                 emit(
                     "step",
                     {
                         "epoch": epoch + 1,
                         "batch": b + 1,
                         "steps": spe,
-                        "loss": losses,
-                        "lr": lrs[i].tolist(),
+                        "loss": losses.mean(),
+                        "lr": float(lrs[i, 0]),
+                        "losses": losses,
+                        "lrs": lrs[i].tolist(),
                     },
                 )
         except KeyboardInterrupt:
