@@ -1,0 +1,647 @@
+"""Run a study: plan, enqueue what is missing, drive workers, combine the best.
+
+:func:`run_study` is idempotent. It expands the spec, moves run folders the
+spec no longer has to ``archive/`` (and back when it has them again), answers
+derived runs whose source finished, withdraws waiting runs the spec dropped,
+enqueues every run that is neither finished nor queued, and then works the
+queue with local workers (in this process for one worker, ``cnnlab study
+worker`` subprocesses for more). Re-running it after a crash, a kill or a
+spec change therefore trains exactly what is missing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cnnlab.errors import StudyError
+from cnnlab.studies.derive import source_ready, write_derived
+from cnnlab.studies.folder import (
+    FINISHED,
+    StudyFolder,
+    find_study,
+    read_json,
+    read_summary,
+    sync_archive,
+    write_json,
+)
+from cnnlab.studies.queue import DEFAULT_HEARTBEAT, StudyQueue, describe_url
+from cnnlab.studies.spec import (
+    RunPlan,
+    StudySpec,
+    apply_settings,
+    build_config,
+    expand,
+    factor_diff,
+    metric_direction,
+    metric_value,
+    run_key,
+)
+from cnnlab.studies.worker import EventFn, RunFn, Worker, set_threads, train_plan
+
+log = logging.getLogger("cnnlab.studies")
+
+COMBINED = "best"  # variant label of the best-combination runs
+
+
+# -- status --------------------------------------------------------------------------
+
+
+@dataclass
+class StudyStatus:
+    """Counts of a study's runs, from the run folders first and the queue second."""
+
+    name: str
+    path: Path
+    total: int = 0
+    done: int = 0
+    diverged: int = 0
+    failed: int = 0
+    running: int = 0
+    pending: int = 0
+    derived: int = 0
+    eta_seconds: float | None = None
+    errors: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        return self.running == 0 and self.pending == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
+
+    def line(self) -> str:
+        parts = [
+            f"{self.done}/{self.total} done",
+            f"{self.running} running",
+            f"{self.pending} pending",
+            f"{self.failed} failed",
+            f"{self.diverged} diverged",
+        ]
+        if self.eta_seconds is not None and not self.finished:
+            parts.append(f"ETA {format_seconds(self.eta_seconds)}")
+        return ", ".join(parts)
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def study_status(
+    folder: StudyFolder, queue: StudyQueue | None = None, plans: list[RunPlan] | None = None
+) -> StudyStatus:
+    """Done / running / pending / failed / diverged counts and an ETA.
+
+    ``done`` counts completed and diverged runs (a diverged run is a result).
+    """
+    spec = folder.read_spec()
+    plans = plans if plans is not None else current_plans(spec, folder)
+    states = queue.key_states() if queue is not None else {}
+    st = StudyStatus(name=spec.name, path=folder.path, total=len(plans))
+    seconds: list[float] = []
+    for plan in plans:
+        summary = read_summary(folder.run_dir(plan.key)) or {}
+        status = summary.get("status")
+        qs = states.get(plan.key)
+        if status in FINISHED:
+            st.done += 1
+            st.diverged += status == "diverged"
+            st.derived += plan.derived_from is not None
+            t = (summary.get("time") or {}).get("train_seconds")
+            if plan.derived_from is None and t:
+                seconds.append(float(t))
+        elif qs is not None and qs.running:
+            st.running += 1
+        elif status == "failed" and not (qs is not None and qs.waiting):
+            st.failed += 1
+            st.errors.append(
+                {
+                    "key": plan.key,
+                    "variant": plan.variant,
+                    "repeat": plan.repeat,
+                    "error": summary.get("error"),
+                }
+            )
+        else:
+            st.pending += 1
+    if seconds:
+        left = st.pending + st.running
+        st.eta_seconds = left * (sum(seconds) / len(seconds)) / max(1, st.running)
+    return st
+
+
+# -- planning ------------------------------------------------------------------------
+
+
+def combine_settings(
+    spec: StudySpec, folder: StudyFolder, plans: list[RunPlan]
+) -> dict[str, Any] | None:
+    """Each ``vary`` factor's best value (by the mean of the spec's metric over repeats).
+
+    Values with a diverged repeat are not chosen while another value has none;
+    a factor whose best value is the base's contributes nothing.
+
+    Returns:
+        ``{"settings": {dotted key: value}, "choices": {factor: label}}``, or
+        None when no factor has a finished result.
+    """
+    maximize = metric_direction(spec.metric) == "maximize"
+    by_variant: dict[str, list[float]] = {}
+    diverged: Counter[str] = Counter()
+    for plan in plans:
+        summary = read_summary(folder.run_dir(plan.key)) or {}
+        if summary.get("status") == "diverged":
+            diverged[plan.variant] += 1
+        value = metric_value(summary, spec.metric) if summary.get("status") == "completed" else None
+        if value is not None:
+            by_variant.setdefault(plan.variant, []).append(value)
+    if not by_variant:
+        return None
+    settings: dict[str, Any] = {}
+    choices: dict[str, str] = {}
+    base_tree = spec.base_config().to_dict()
+    for key, values in spec.vary.items():
+        candidates = [("base", {})] + [
+            (f"{key}={fv.text()}", {key: fv.value, **fv.with_}) for fv in values
+        ]
+        scored = [
+            (diverged[label] > 0, sum(by_variant[label]) / len(by_variant[label]), label, s)
+            for label, s in candidates
+            if by_variant.get(label)
+        ]
+        if not scored:
+            continue
+        scored.sort(key=lambda t: (t[0], -t[1] if maximize else t[1]))
+        _, _, label, chosen = scored[0]
+        choices[key] = label
+        settings.update(chosen)
+    settings = {k: v for k, v in settings.items() if _get_dotted(base_tree, k) != v}
+    return {"settings": settings, "choices": choices}
+
+
+def _get_dotted(tree: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = tree
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return object()
+        node = node[part]
+    return node
+
+
+def combine_plans(
+    spec: StudySpec, folder: StudyFolder, plans: list[RunPlan], settings: Mapping[str, Any]
+) -> list[RunPlan]:
+    """Plans of the best-combination variant; none when it equals the base or a planned variant."""
+    base = spec.base_config()
+    try:
+        config = build_config(apply_settings(base.to_dict(), settings))
+    except Exception as exc:  # noqa: BLE001 - combined factors can clash (e.g. an option of another model)
+        log.warning("best combination %s is not a valid config: %s", settings, exc)
+        return []
+    existing = {
+        run_key(
+            p.config.model_copy(
+                update={"train": p.config.train.model_copy(update={"seed": base.train.seed})}
+            )
+        )
+        for p in plans
+    }
+    if run_key(config) in existing:
+        return []
+    out = []
+    for r in range(spec.repeats):
+        seed = config.train.seed + r
+        cfg = config.model_copy(update={"train": config.train.model_copy(update={"seed": seed})})
+        out.append(
+            RunPlan(
+                study=spec.name,
+                key=run_key(cfg),
+                variant=COMBINED,
+                factors=factor_diff(cfg, base),
+                factor=None,
+                repeat=r,
+                seed=seed,
+                config=cfg,
+            )
+        )
+    return out
+
+
+def _combine_file(folder: StudyFolder) -> Path:
+    return folder.path / "combine.json"
+
+
+def current_plans(spec: StudySpec, folder: StudyFolder) -> list[RunPlan]:
+    """The spec's runs, plus the best combination's when one has been chosen."""
+    plans = expand(spec)
+    if spec.combine:
+        chosen = read_json(_combine_file(folder))
+        if chosen and chosen.get("settings") is not None:
+            plans = plans + combine_plans(spec, folder, plans, chosen["settings"])
+    return plans
+
+
+# -- running ---------------------------------------------------------------------------
+
+
+def default_workers(device: str | None) -> int:
+    """One worker per GPU; on CPU one per two cores."""
+    import torch
+
+    if (
+        device not in ("cpu",)
+        and torch.cuda.is_available()
+        and (device or "auto").startswith(("auto", "cuda"))
+    ):
+        return 1 if (device or "").startswith("cuda:") else max(1, torch.cuda.device_count())
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
+@dataclass
+class StudyRunner:
+    """Drives one study to completion with local workers."""
+
+    spec: StudySpec
+    folder: StudyFolder
+    queue: StudyQueue
+    workers: int = 1
+    device: str | None = None
+    run_fn: RunFn = train_plan
+    on_event: EventFn | None = None
+    heartbeat_interval: int = DEFAULT_HEARTBEAT
+    poll_seconds: float = 2.0
+    threads: int | None = None
+    _enqueued: Counter[str] = field(default_factory=Counter)
+
+    def emit(self, event: str, info: dict[str, Any]) -> None:
+        if self.on_event is not None:
+            self.on_event(event, info)
+
+    def prepare(self, plans: list[RunPlan]) -> int:
+        """Bring folder and queue in line with ``plans``; returns the number of runs queued or running."""
+        keys = {p.key for p in plans}
+        restored, archived = sync_archive(self.folder, keys)
+        if restored or archived:
+            self.emit(
+                "note",
+                {
+                    "text": f"{restored} run(s) restored from archive/, {archived} moved to archive/ (not in the spec now)"
+                },
+            )
+        self.queue.reap()
+        cancelled = self.queue.cancel_waiting(keys)
+        if cancelled:
+            self.emit(
+                "note", {"text": f"withdrew {cancelled} queued run(s) the spec no longer has"}
+            )
+        self.answer_derived(plans)
+        states = self.queue.key_states()
+        active = 0
+        for plan in plans:
+            if plan.derived_from is not None:
+                continue
+            summary = read_summary(self.folder.run_dir(plan.key)) or {}
+            if summary.get("status") in FINISHED:
+                continue
+            qs = states.get(plan.key)
+            if qs is not None and qs.active:
+                active += 1
+                continue
+            if self._enqueued[plan.key] >= 1 and summary.get("status") == "failed":
+                continue  # retried max_retries times in this invocation already
+            if self._enqueued[plan.key] >= 2:
+                continue
+            self.queue.enqueue(plan, again=qs is not None)
+            self._enqueued[plan.key] += 1
+            active += 1
+        return active
+
+    def answer_derived(self, plans: list[RunPlan]) -> int:
+        return answer_derived(self.folder, plans)
+
+    def run(self) -> StudyStatus:
+        plans = current_plans(self.spec, self.folder)
+        combined = False
+        for _ in range(6):  # bounded: each round either finishes runs or gives up on them
+            active = self.prepare(plans)
+            if active:
+                self.emit("status", {"status": study_status(self.folder, self.queue, plans)})
+                self.work()
+                continue
+            if self.spec.combine and not combined:
+                combined = True
+                chosen = combine_settings(
+                    self.spec, self.folder, [p for p in plans if p.variant != COMBINED]
+                )
+                if chosen is not None:
+                    write_json(_combine_file(self.folder), chosen)
+                    new = combine_plans(
+                        self.spec,
+                        self.folder,
+                        [p for p in plans if p.variant != COMBINED],
+                        chosen["settings"],
+                    )
+                    self.emit(
+                        "note",
+                        {
+                            "text": f"best combination: {', '.join(f'{k}={v}' for k, v in chosen['settings'].items()) or 'the base'}"
+                        },
+                    )
+                    plans = [p for p in plans if p.variant != COMBINED] + new
+                    continue
+            break
+        self.answer_derived(plans)
+        status = study_status(self.folder, self.queue, plans)
+        self.emit("done", {"status": status})
+        return status
+
+    def work(self) -> None:
+        if self.workers <= 1:
+            worker = Worker(
+                self.queue,
+                self.folder,
+                metric=self.spec.metric,
+                run_fn=self.run_fn,
+                device=self.device,
+                on_event=self.on_event,
+                poll_seconds=self.poll_seconds,
+            )
+            worker.run()
+        else:
+            self._work_in_subprocesses()
+
+    def _work_in_subprocesses(self) -> None:
+        """Start ``cnnlab study worker`` processes and follow the queue until they exit."""
+        cores = os.cpu_count() or 2
+        threads = self.threads or max(1, cores // self.workers)
+        devices = _worker_devices(self.device, self.workers)
+        procs: list[subprocess.Popen] = []
+        self.folder.logs.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        for i in range(self.workers):
+            cmd = [
+                sys.executable, "-m", "cnnlab", "study", "worker",
+                "--storage", self.queue.url, "--name", self.spec.name,
+                "--study-dir", str(self.folder.path),
+                "--threads", str(threads), "--heartbeat", str(self.heartbeat_interval),
+            ]  # fmt: skip
+            if devices[i]:
+                cmd += ["--device", devices[i]]
+            logfile = open(self.folder.logs / f"worker-{i}.log", "a")  # noqa: SIM115 - closed below
+            procs.append(subprocess.Popen(cmd, stdout=logfile, stderr=subprocess.STDOUT, env=env))
+            logfile.close()
+        try:
+            last = None
+            while any(p.poll() is None for p in procs):
+                time.sleep(self.poll_seconds)
+                status = study_status(self.folder, self.queue)
+                if last is None or status.line() != last:
+                    last = status.line()
+                    self.emit("status", {"status": status})
+        except KeyboardInterrupt:
+            for p in procs:
+                if p.poll() is None:
+                    p.send_signal(signal.SIGINT)  # workers checkpoint and put their run back
+            for p in procs:
+                try:
+                    p.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+            raise
+        bad = [p.returncode for p in procs if p.returncode not in (0, None)]
+        if bad:
+            self.emit(
+                "note",
+                {"text": f"{len(bad)} worker(s) exited with status {bad}; see {self.folder.logs}"},
+            )
+
+
+def _worker_devices(device: str | None, workers: int) -> list[str | None]:
+    """Spread workers over the GPUs when the device is auto/cuda and there are several."""
+    if device in (None, "auto", "cuda"):
+        try:
+            import torch
+
+            n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        except Exception:  # noqa: BLE001
+            n = 0
+        if n > 1:
+            return [f"cuda:{i % n}" for i in range(workers)]
+    return [device] * workers
+
+
+def open_queue(
+    spec: StudySpec,
+    folder: StudyFolder,
+    storage: str | None,
+    *,
+    create: bool,
+    heartbeat_interval: int = DEFAULT_HEARTBEAT,
+) -> StudyQueue:
+    url = storage or folder.default_storage()
+    return StudyQueue.open(
+        spec.name,
+        url,
+        metric=spec.metric,
+        create=create,
+        max_retry=spec.max_retries,
+        heartbeat_interval=heartbeat_interval,
+    )
+
+
+def run_study(
+    spec: StudySpec,
+    *,
+    root: str | Path = "studies",
+    storage: str | None = None,
+    workers: int | None = None,
+    device: str | None = None,
+    run_fn: RunFn = train_plan,
+    on_event: EventFn | None = None,
+    heartbeat_interval: int = DEFAULT_HEARTBEAT,
+    poll_seconds: float = 2.0,
+    threads: int | None = None,
+) -> StudyStatus:
+    """Run (or finish) a study and return its status.
+
+    Args:
+        spec: the study spec (see :mod:`cnnlab.studies.spec`).
+        root: folder holding study folders; the study lives in ``root/NAME``.
+        storage: optuna storage URL; default ``sqlite:///root/NAME/study.db``.
+        workers: local worker processes; default the spec's ``workers``, else one
+            per GPU, or on CPU one per two cores.
+        device: overrides ``train.device`` of every run (``cpu``, ``cuda``, ``cuda:1``).
+        run_fn: the "train one run" step (tests and fused runners replace it);
+            only used by the in-process worker (``workers=1``).
+        on_event: progress callback ``(event, info)``.
+        threads: torch threads per worker; default the machine's cores divided
+            among the workers. On a busy or small CPU, 1 is often much faster
+            for small models.
+    """
+    folder = StudyFolder.at(root, spec.name)
+    folder.create()
+    folder.write_spec(spec)
+    queue = open_queue(spec, folder, storage, create=True, heartbeat_interval=heartbeat_interval)
+    queue.set_info(spec=spec.to_yaml_dict(), study_dir=str(folder.path))
+    n = workers or spec.workers or default_workers(device)
+    if n <= 1:
+        set_threads(threads or os.cpu_count() or 1)
+    runner = StudyRunner(
+        spec=spec,
+        folder=folder,
+        queue=queue,
+        workers=n,
+        device=device,
+        run_fn=run_fn,
+        on_event=on_event,
+        heartbeat_interval=heartbeat_interval,
+        poll_seconds=poll_seconds,
+        threads=threads,
+    )
+    runner.emit("open", {"folder": folder.path, "storage": describe_url(queue.url), "workers": n})
+    return runner.run()
+
+
+def run_worker(
+    name: str,
+    *,
+    storage: str | None = None,
+    study_dir: str | Path | None = None,
+    root: str | Path | None = None,
+    device: str | None = None,
+    threads: int | None = None,
+    heartbeat_interval: int = DEFAULT_HEARTBEAT,
+    on_event: EventFn | None = None,
+    run_fn: RunFn = train_plan,
+) -> int:
+    """Join a study's queue as one more worker; returns the number of runs trained.
+
+    The study folder is ``study_dir``, else ``root/NAME``, else the folder the
+    study was started in (recorded in the store). With no storage, the
+    study's default SQLite file is used.
+    """
+    if study_dir is not None:
+        folder = StudyFolder(Path(study_dir).expanduser().resolve())
+    elif root is not None:
+        folder = StudyFolder.at(root, name)
+    else:
+        folder = None
+    if storage is None:
+        if folder is None:
+            folder = find_study(name)
+        storage = folder.default_storage()
+    queue = StudyQueue.open(name, storage, heartbeat_interval=heartbeat_interval)
+    info = queue.info()
+    if folder is None:
+        if not info.get("study_dir"):
+            raise StudyError(f"study {name!r} records no folder; pass --root or --study-dir")
+        folder = StudyFolder(Path(info["study_dir"]))
+    folder.create()
+    spec_data = info.get("spec") or {}
+    if not folder.spec_file.exists() and spec_data:
+        import yaml
+
+        folder.spec_file.write_text(yaml.safe_dump(spec_data, sort_keys=False))
+    queue.max_retry = int(spec_data.get("max_retries", queue.max_retry))
+    set_threads(threads)
+    worker = Worker(
+        queue,
+        folder,
+        metric=spec_data.get("metric", "test_acc"),
+        run_fn=run_fn,
+        device=device,
+        on_event=on_event,
+    )
+    return worker.run().trained
+
+
+def combine_study(name: str, *, root: str | Path = "studies", **kwargs: Any) -> StudyStatus:
+    """Queue and run the variant that takes each factor's best value, with repeats."""
+    folder = find_study(name, root)
+    spec = folder.read_spec()
+    if not spec.vary:
+        raise StudyError(f"study {spec.name!r} has no 'vary' factors to combine")
+    spec = spec.model_copy(update={"combine": True})
+    return run_study(spec, root=folder.path.parent, **kwargs)
+
+
+def answer_derived(folder: StudyFolder, plans: list[RunPlan]) -> int:
+    """Write the folders of derived runs whose source has finished; returns how many."""
+    written = 0
+    for plan in plans:
+        if plan.derived_from is None:
+            continue
+        target = folder.run_dir(plan.key)
+        source = folder.run_dir(plan.derived_from)
+        if (read_summary(target) or {}).get("status") in FINISHED or not source_ready(source):
+            continue
+        write_derived(source, plan, target)
+        written += 1
+    return written
+
+
+def pull_results(folder: StudyFolder, queue: StudyQueue) -> int:
+    """Write run folders from results held in the store (workers that did not
+    share this study folder), and the derived runs they answer; returns how many
+    were written."""
+    from cnnlab.config import save_config
+    from cnnlab.studies.derive import _write_metrics
+
+    written = 0
+    for t in queue.trials():
+        result = t.user_attrs.get("result") or {}
+        summary = result.get("summary")
+        plan_data = t.user_attrs.get("plan")
+        if not summary or not plan_data or t.user_attrs.get("outcome") != "trained":
+            continue
+        plan = RunPlan.from_dict(plan_data)
+        run_dir = folder.run_dir(plan.key)
+        if (read_summary(run_dir) or {}).get("status") in FINISHED:
+            continue
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(plan.config, run_dir / "config.yaml")
+        if result.get("metrics"):
+            _write_metrics(run_dir / "metrics.csv", result["metrics"])
+        write_json(run_dir / "study.json", plan.meta())
+        write_json(run_dir / "summary.json", summary)
+        written += 1
+    if written:
+        written += answer_derived(folder, current_plans(folder.read_spec(), folder))
+    return written
+
+
+def describe_plans(plans: list[RunPlan]) -> dict[str, Any]:
+    """Variants, runs to train and runs answered from curves (for dry runs and logs)."""
+    variants = list(dict.fromkeys(p.variant for p in plans))
+    return {
+        "variants": variants,
+        "runs": len(plans),
+        "trained": sum(p.derived_from is None for p in plans),
+        "derived": sum(p.derived_from is not None for p in plans),
+    }
+
+
+__all__ = [
+    "StudyRunner",
+    "StudyStatus",
+    "combine_study",
+    "current_plans",
+    "pull_results",
+    "run_study",
+    "run_worker",
+    "study_status",
+]

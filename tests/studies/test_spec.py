@@ -1,0 +1,198 @@
+"""Spec validation and expansion: what runs a spec means, and errors that name the key."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from cnnlab.errors import StudyError
+from cnnlab.studies.spec import expand, load_spec, run_key, spec_from_dict, trained_plans
+from tests.studies.conftest import tiny_spec
+
+
+def test_one_factor_at_a_time_with_repeats_and_paired_seeds():
+    spec = spec_from_dict(
+        tiny_spec(vary={"optim.lr": [0.1, 0.5, 0.9], "model.pool": ["max"]}, repeats=3)
+    )
+    plans = expand(spec)
+    variants = list(dict.fromkeys(p.variant for p in plans))
+    # lr=0.5 equals the base: dropped, not run twice.
+    assert variants == ["base", "optim.lr=0.1", "optim.lr=0.9", "model.pool=max"]
+    assert len(plans) == 4 * 3
+    for p in plans:
+        assert p.seed == p.repeat == p.config.train.seed
+        assert p.key == run_key(p.config)
+    assert len({p.key for p in plans}) == len(plans)
+    lr01 = [p for p in plans if p.variant == "optim.lr=0.1"]
+    assert all(p.factor == "optim.lr" and p.factors == {"optim.lr": 0.1} for p in lr01)
+    base = [p for p in plans if p.variant == "base"]
+    assert all(p.factor is None and p.factors == {} for p in base)
+
+
+def test_seeds_start_at_the_base_seed():
+    data = tiny_spec(repeats=2)
+    data["base"]["train"]["seed"] = 7
+    plans = expand(spec_from_dict(data))
+    assert sorted({p.seed for p in plans}) == [7, 8]
+
+
+def test_grid_and_named_variants():
+    spec = spec_from_dict(
+        tiny_spec(
+            vary={},
+            grid={"model.pool": ["avg", "max"], "model.activation": ["sigmoid", "relu"]},
+            variants={"wide": {"model.channels": [8, 16]}},
+            repeats=1,
+        )
+    )
+    plans = expand(spec)
+    labels = [p.variant for p in plans]
+    # (avg, sigmoid) is the base; three more grid points; one named variant.
+    assert labels == [
+        "base",
+        "model.pool=avg,model.activation=relu",
+        "model.pool=max,model.activation=sigmoid",
+        "model.pool=max,model.activation=relu",
+        "wide",
+    ]
+    assert all(p.factor is None for p in plans)
+    assert plans[3].factors == {"model.pool": "max", "model.activation": "relu"}
+
+
+def test_values_with_companion_settings_and_labels():
+    spec = spec_from_dict(
+        tiny_spec(
+            vary={
+                "model.name": [{"value": "mlp", "with": {"model.hidden": [64]}, "label": "an-mlp"}]
+            },
+            repeats=1,
+        )
+    )
+    plans = expand(spec)
+    mlp = plans[1]
+    assert mlp.variant == "model.name=an-mlp"
+    assert mlp.factor == "model.name"
+    assert mlp.config.model.name == "mlp"
+    options = mlp.config.model.options()
+    assert options["hidden"] == [64] and "channels" not in options  # lenet5's options dropped
+    assert mlp.factors["model.name"] == "mlp"
+
+
+def test_shorthand_factor_keys():
+    spec = spec_from_dict(tiny_spec(vary={"optim": ["adam"]}, repeats=1))
+    assert list(spec.vary) == ["optim.name"]
+    assert expand(spec)[1].config.optim.name == "adam"
+
+
+def test_device_is_not_part_of_the_run_key():
+    a = expand(spec_from_dict(tiny_spec()))
+    data = tiny_spec()
+    data["base"]["train"]["device"] = "auto"
+    b = expand(spec_from_dict(data))
+    assert [p.key for p in a] == [p.key for p in b]
+
+
+def test_epochs_factor_is_answered_from_the_longest_run():
+    spec = spec_from_dict(tiny_spec(vary={"train.epochs": [1, 2, 3], "optim.lr": [0.1]}, repeats=2))
+    plans = expand(spec)
+    trained = trained_plans(plans)
+    # Per repeat: the 3-epoch run is trained (testing every epoch); base (1) and 2 are read off it.
+    assert sorted((p.variant, p.repeat) for p in trained) == [
+        ("optim.lr=0.1", 0), ("optim.lr=0.1", 1), ("train.epochs=3", 0), ("train.epochs=3", 1),
+    ]  # fmt: skip
+    for source in (p for p in trained if p.variant == "train.epochs=3"):
+        assert source.config.train.test_every_epoch
+        assert {d.variant for d in source.derives} == {"base", "train.epochs=2"}
+        assert all(d.derived_from == source.key and d.seed == source.seed for d in source.derives)
+    derived = [p for p in plans if p.derived_from]
+    assert len(derived) == 4 and not any(p.config.train.test_every_epoch for p in derived)
+
+
+def test_epochs_factor_trains_every_run_when_the_schedule_depends_on_epochs():
+    data = tiny_spec(vary={"train.epochs": [1, 2]}, repeats=1)
+    data["base"]["schedule"] = {"name": "cosine"}
+    plans = expand(spec_from_dict(data))
+    assert all(p.derived_from is None and not p.derives for p in plans)
+    data["base"]["schedule"] = {"name": "step", "step_size": 1}
+    data["epochs_from_curves"] = False
+    assert all(p.derived_from is None for p in expand(spec_from_dict(data)))
+
+
+def test_quick_overrides():
+    data = tiny_spec(
+        vary={"optim.lr": [0.1, 0.2, 0.3], "model.pool": ["max"]},
+        repeats=10,
+        quick={
+            "base": {"data": {"subset": 100}},
+            "vary": {"optim.lr": [0.1], "model.pool": None},
+            "repeats": 1,
+        },
+    )
+    spec = spec_from_dict(data).with_quick()
+    assert spec.repeats == 1
+    assert list(spec.vary) == ["optim.lr"]
+    assert spec.base_config().data.subset == 100
+    assert len(expand(spec)) == 2
+
+
+def test_resolved_spec_round_trips(tmp_path):
+    data = tiny_spec(
+        vary={"model.name": [{"value": "mlp", "with": {"model.hidden": [64]}}], "optim.lr": [0.1]}
+    )
+    spec = spec_from_dict(data)
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec.to_yaml_dict()))
+    again = load_spec(path)
+    assert [p.key for p in expand(again)] == [p.key for p in expand(spec)]
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        ({"vary": {"optim.lrr": [0.1]}}, "vary.optim.lrr[0]: unknown key 'optim.lrr'"),
+        ({"vary": {"optim.lr": [-1]}}, "vary.optim.lr[0]: optim.lr=-1"),
+        ({"vary": {"model.pooling": ["max"]}}, "model.pooling is not an option of 'lenet5'"),
+        ({"vary": {"optim.lr": 0.1}}, "vary.optim.lr must be a non-empty list"),
+        ({"vary": {"optim.lr": []}}, "vary.optim.lr must be a non-empty list"),
+        ({"grid": {"train.batch_size": [0]}}, "grid point train.batch_size=0: train.batch_size=0"),
+        (
+            {"variants": {"x": {"data.name": "nope"}}},
+            "variants.x: data.name='nope' is not a data set",
+        ),
+        ({"repeats": 0}, "repeats=0"),
+        ({"metric": "accuracy"}, "metric='accuracy'"),
+        ({"fuse": "yes"}, "fuse='yes'"),
+        ({"repeat": 3}, "unknown key 'repeat'"),
+        ({"name": "../evil"}, "name='../evil'"),
+    ],
+)
+def test_spec_errors_name_the_key(change, needle):
+    with pytest.raises(StudyError) as info:
+        spec_from_dict({**tiny_spec(), **change})
+    message = str(info.value)
+    assert needle in message
+    assert "\n" not in message
+
+
+def test_base_errors_name_the_key(tmp_path):
+    data = tiny_spec()
+    data["base"]["train"]["epochs"] = "ten"
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(StudyError, match=r"base: train.epochs='ten'"):
+        load_spec(path)
+
+
+def test_yaml_with_python_tags_is_refused(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("name: x\nbase: !!python/object/apply:os.system ['true']\n")
+    with pytest.raises(StudyError, match="not valid YAML"):
+        load_spec(path)
+
+
+def test_spec_name_defaults_to_the_file_name(tmp_path):
+    data = tiny_spec()
+    del data["name"]
+    path = tmp_path / "my-study.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert load_spec(path).name == "my-study"
