@@ -373,6 +373,8 @@ def _train(
         folder.log(f"note: {note}")
         emit("note", {"text": note})
     folder.log(f"config: {cfg.short()}")
+    if resume and state.step > 0:
+        folder.log(f"resumed after epoch {state.epoch} (step {state.step}) from the saved checkpoint")
     emit(
         "start",
         {
