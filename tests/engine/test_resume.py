@@ -35,19 +35,18 @@ def _weights(run_dir: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_sigkill_at_several_points_then_resume_is_bitwise_equal(tmp_path):
+def test_sigkill_mid_epoch_and_ctrl_c_then_resume_is_bitwise_equal(tmp_path):
+    """Kill mid-epoch, then Ctrl-C mid-epoch (resumes from the mid-epoch checkpoint).
+
+    tests/reliability/test_kill_resume.py adds 20 random kill points.
+    """
     reference = tmp_path / "reference"
     assert _run(reference, "none", resume=False) == 0
 
     killed = tmp_path / "killed"
-    # mid-epoch 1, right after epoch 1 was recorded, mid-epoch 2, Ctrl-C mid-epoch 3
-    # (resumes from the mid-epoch checkpoint), then the last step of epoch 3
-    assert _run(killed, "step:5", resume=False) == -signal.SIGKILL
-    for point in ("epoch:1", "step:13"):
-        assert _run(killed, point, resume=True) == -signal.SIGKILL
+    assert _run(killed, "step:13", resume=False) == -signal.SIGKILL
     assert _run(killed, "int:19", resume=True) == -signal.SIGINT
     assert "interrupted" in (killed / "summary.json").read_text()
-    assert _run(killed, "step:24", resume=True) == -signal.SIGKILL
     assert _run(killed, "none", resume=True) == 0
 
     ref_w, got_w = _weights(reference), _weights(killed)
