@@ -136,3 +136,11 @@ def test_devices_2_relaunches_under_torchrun_with_a_fixed_name(tree, tmp_path, m
     name = relaunched[relaunched.index("--name") + 1]
     assert name.endswith("-lenet5-modern-imagefolder")
     assert not (tmp_path / "runs").exists()
+
+
+def test_exit_status_of_a_relaunch_is_passed_through(tree, tmp_path, monkeypatch):
+    import cnnlab.engine.distributed as distributed
+
+    monkeypatch.setattr(distributed, "launch", lambda n, args: 3)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert main(_train_args(tree, tmp_path / "runs", "train.devices=2")) == 3

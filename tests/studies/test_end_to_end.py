@@ -78,7 +78,7 @@ def _check_complete(
     return summaries
 
 
-def test_killed_at_random_moments_and_rerun_loses_and_duplicates_nothing(tmp_path):
+def test_killed_at_random_moments_and_rerun_loses_and_duplicates_nothing(tmp_path, capsys):
     data = tiny_spec(name="killme", vary={"optim.lr": [0.1]}, repeats=2)
     data["base"]["train"]["epochs"] = 3
     spec_file = _write_spec(tmp_path / "killme.yaml", data)
@@ -121,16 +121,10 @@ def test_killed_at_random_moments_and_rerun_loses_and_duplicates_nothing(tmp_pat
             ), metric
 
     # status from the CLI agrees.
-    proc = _cli("study", "status", "killme", "--root", str(root), "--json")
-    out, _ = proc.communicate(timeout=120)
-    status = json.loads(out[out.index("{") :])
-    assert (
-        status["done"],
-        status["total"],
-        status["failed"],
-        status["pending"],
-        status["running"],
-    ) == (4, 4, 0, 0, 0)
+    assert main(["study", "status", "killme", "--root", str(root), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    counts = tuple(status[k] for k in ("done", "total", "failed", "pending", "running"))
+    assert counts == (4, 4, 0, 0, 0)
 
 
 def test_two_local_workers_on_one_sqlite_store_run_every_run_exactly_once(tmp_path):
@@ -138,7 +132,9 @@ def test_two_local_workers_on_one_sqlite_store_run_every_run_exactly_once(tmp_pa
     spec_file = _write_spec(tmp_path / "pair.yaml", data)
     spec = spec_from_dict(data)
     root = tmp_path / "studies"
-    proc = _cli("study", "run", str(spec_file), "--root", str(root), "--workers", "2", "--threads", "1")
+    proc = _cli(
+        "study", "run", str(spec_file), "--root", str(root), "--workers", "2", "--threads", "1"
+    )
     out, _ = proc.communicate(timeout=400)
     assert proc.returncode == 0, out
     _check_complete(root, spec)

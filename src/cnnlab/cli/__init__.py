@@ -49,7 +49,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     _register_commands()
     args = list(sys.argv[1:] if argv is None else argv)
     try:
-        app(args=args, prog_name="cnnlab", standalone_mode=False)
+        # With standalone_mode=False, a command's `raise typer.Exit(n)` comes back as the return value.
+        rc = app(args=args, prog_name="cnnlab", standalone_mode=False)
+        if isinstance(rc, int):
+            return rc
     except CnnlabError as exc:
         typer.echo(f"error: {exc}", err=True)
         return exc.exit_code
