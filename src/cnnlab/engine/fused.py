@@ -304,17 +304,21 @@ class FusedOptimizer:
     """``torch.optim``'s update on all members at once, with lr, momentum and decay per member.
 
     The arithmetic follows torch's single-tensor implementations operation by
-    operation, so a member's weights track its separate run to float rounding.
-    Scalars that torch computes in double on the host (``-lr``, Adam's step size)
-    are computed the same way for a whole epoch by :meth:`coefficients` and moved
-    to the device once; :meth:`step` then changes the ``K x P`` weights and state
-    in place, only in the rows where ``update`` is true. State tensors carry
-    torch's names, so :meth:`torch_state` and :meth:`load_torch_state` convert to
-    and from a single run's optimizer.
+    operation, in place, so a member's weights track its separate run to float
+    rounding. Scalars that torch computes in double on the host (``-lr``, Adam's
+    step size) are computed the same way for a whole epoch by
+    :meth:`coefficients` and moved to the device once. A member that must not
+    move (diverged, stopped) gets a zero gradient and a zero step size, so its
+    weights stay exactly as they are without a masked copy of ``K x P`` tensors.
+    State tensors carry torch's names, so :meth:`torch_state` and
+    :meth:`load_torch_state` convert to and from a single run's optimizer.
     """
 
     slot_names: ClassVar[tuple[str, ...]] = ()
     counts_steps: ClassVar[bool] = True  # torch keeps a "step" in the state
+    #: Coefficients that scale a step (zeroed for frozen members), and factors (set to 1).
+    step_coefficients: ClassVar[tuple[str, ...]] = ("neg_lr",)
+    factor_coefficients: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -325,14 +329,16 @@ class FusedOptimizer:
     ) -> None:
         self.cfg = cfgs[0]
         self.weight_decay = [c.weight_decay for c in cfgs]
-        self.wd = _col(self.weight_decay, device)
         self.any_wd = any(self.weight_decay)
         self.momentum_host = [c.momentum for c in cfgs]
         self.momentum = _col(self.momentum_host, device)
         self.any_momentum = any(self.momentum_host)
         self.decay = decay
+        # weight decay per entry: the member's decay on conv/linear weights, 0 elsewhere
+        self.wd = _col(self.weight_decay, device) * decay if self.any_wd else None
         self.steps = 0
         self.slots = {name: torch.zeros(shape, device=device) for name in self.active_slots(cfgs)}
+        self._zero = torch.zeros((), device=device)
 
     @classmethod
     def active_slots(cls, cfgs: Sequence[OptimConfig]) -> tuple[str, ...]:
@@ -347,12 +353,6 @@ class FusedOptimizer:
         """Per-step, per-member scalars (``S x K``, float64) for steps ``first_step + 1 ...``."""
         return {"neg_lr": -lrs}
 
-    def decayed(self, p: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        """``grad + weight_decay * param`` on the decayed entries (torch's L2 decay)."""
-        if not self.any_wd:
-            return g
-        return torch.where(self.decay, g + self.wd * p, g)
-
     def step(
         self,
         p: torch.Tensor,
@@ -360,17 +360,24 @@ class FusedOptimizer:
         coef: Mapping[str, torch.Tensor],
         update: torch.Tensor,
     ) -> None:
-        """One step on ``p`` (``K x P``) with gradients ``g``; ``coef`` values and ``update`` are ``K x 1``."""
-        self.steps += 1
-        new_p, new_slots = self.update(p, g, coef)
-        p.copy_(torch.where(update, new_p, p))
-        for name, value in new_slots.items():
-            slot = self.slots[name]
-            slot.copy_(torch.where(update, value, slot))
+        """One step on ``p`` (``K x P``) with gradients ``g`` (overwritten).
 
-    def update(
-        self, p: torch.Tensor, g: torch.Tensor, coef: Mapping[str, torch.Tensor]
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        ``coef`` values and ``update`` (bool, false for members that must not move) are ``K x 1``.
+        """
+        self.steps += 1
+        torch.where(update, g, self._zero, out=g)  # also clears a frozen member's NaNs
+        gated = dict(coef)
+        for name in self.step_coefficients:
+            gated[name] = coef[name] * update
+        for name in self.factor_coefficients:
+            gated[name] = torch.where(update, coef[name], 1.0)
+        if self.wd is not None and not self.decoupled_decay:
+            g.addcmul_(p, self.wd)  # torch: grad.add(param, alpha=weight_decay)
+        self.apply(p, g, gated)
+
+    decoupled_decay: ClassVar[bool] = False
+
+    def apply(self, p: torch.Tensor, d: torch.Tensor, coef: Mapping[str, torch.Tensor]) -> None:
         raise NotImplementedError
 
     def has_state(self, k: int) -> bool:
@@ -405,16 +412,13 @@ class _SGD(FusedOptimizer):
     def active_slots(cls, cfgs: Sequence[OptimConfig]) -> tuple[str, ...]:
         return ("momentum_buffer",) if any(c.momentum for c in cfgs) else ()
 
-    def update(self, p, g, coef):
-        d = self.decayed(p, g)
-        slots = {}
+    def apply(self, p, d, coef):
         if self.any_momentum:
             # torch's first buffer is a clone of the gradient: m * 0 + d == d. A member
             # without momentum gets buf == d, which is torch's plain step.
-            buf = self.momentum * self.slots["momentum_buffer"] + d
-            slots["momentum_buffer"] = buf
-            d = d + self.momentum * buf if self.cfg.nesterov else buf
-        return p + coef["neg_lr"] * d, slots
+            buf = self.slots["momentum_buffer"].mul_(self.momentum).add_(d)
+            d = d.addcmul_(buf, self.momentum) if self.cfg.nesterov else buf
+        p.addcmul_(d, coef["neg_lr"])  # torch: param.add_(grad, alpha=-lr)
 
     def has_state(self, k: int) -> bool:
         return self.steps > 0 and self.momentum_host[k] != 0
@@ -425,7 +429,7 @@ class _Adam(FusedOptimizer):
     """torch.optim.Adam (weight decay as L2 through the gradient)."""
 
     slot_names = ("exp_avg", "exp_avg_sq")
-    decoupled = False
+    step_coefficients = ("neg_step_size",)
 
     def coefficients(self, lrs, first_step):
         # In Python doubles, as torch computes them, then one tensor per epoch.
@@ -441,32 +445,28 @@ class _Adam(FusedOptimizer):
             "neg_step_size": torch.tensor(size, dtype=torch.float64),
             "bias2_sqrt": torch.tensor(bias2, dtype=torch.float64),
         }
-        if self.decoupled:
+        if self.decoupled_decay:
             coef["decay_factor"] = torch.tensor(decay, dtype=torch.float64)
         return coef
 
-    def update(self, p, g, coef):
+    def apply(self, p, d, coef):
         b1, b2 = self.cfg.betas
-        if self.decoupled:
-            if self.any_wd:
-                p = torch.where(self.decay, p * coef["decay_factor"], p)
-            d = g
-        else:
-            d = self.decayed(p, g)
-        exp_avg = torch.lerp(self.slots["exp_avg"], d, 1 - b1)
-        exp_avg_sq = torch.addcmul(self.slots["exp_avg_sq"] * b2, d, d, value=1 - b2)
-        denom = exp_avg_sq.sqrt() / coef["bias2_sqrt"] + self.cfg.eps
-        return p + coef["neg_step_size"] * exp_avg / denom, {
-            "exp_avg": exp_avg,
-            "exp_avg_sq": exp_avg_sq,
-        }
+        if self.decoupled_decay and self.any_wd:
+            p.copy_(torch.where(self.decay, p * coef["decay_factor"], p))  # param.mul_(1 - lr * wd)
+        exp_avg = self.slots["exp_avg"].lerp_(d, 1 - b1)
+        exp_avg_sq = self.slots["exp_avg_sq"].mul_(b2).addcmul_(d, d, value=1 - b2)
+        denom = exp_avg_sq.sqrt().div_(coef["bias2_sqrt"]).add_(self.cfg.eps)
+        p.addcdiv_(
+            exp_avg * coef["neg_step_size"], denom
+        )  # addcdiv_(exp_avg, denom, value=-step_size)
 
 
 @FUSED_OPTIMIZERS.register("adamw")
 class _AdamW(_Adam):
     """torch.optim.AdamW (decoupled weight decay on the decayed entries)."""
 
-    decoupled = True
+    decoupled_decay = True
+    factor_coefficients = ("decay_factor",)
 
 
 @FUSED_OPTIMIZERS.register("adagrad")
@@ -475,11 +475,9 @@ class _Adagrad(FusedOptimizer):
 
     slot_names = ("sum",)
 
-    def update(self, p, g, coef):
-        d = self.decayed(p, g)
-        total = torch.addcmul(self.slots["sum"], d, d)
-        std = total.sqrt() + self.cfg.eps
-        return p + coef["neg_lr"] * d / std, {"sum": total}
+    def apply(self, p, d, coef):
+        std = self.slots["sum"].addcmul_(d, d).sqrt().add_(self.cfg.eps)
+        p.addcdiv_(d * coef["neg_lr"], std)  # addcdiv_(grad, std, value=-lr)
 
     def has_state(self, k: int) -> bool:
         return True  # torch creates Adagrad's state with the optimizer
@@ -493,23 +491,22 @@ class _RMSprop(FusedOptimizer):
 
     @classmethod
     def active_slots(cls, cfgs: Sequence[OptimConfig]) -> tuple[str, ...]:
-        return (
-            ("square_avg", "momentum_buffer") if any(c.momentum for c in cfgs) else ("square_avg",)
-        )
+        if any(c.momentum for c in cfgs):
+            return ("square_avg", "momentum_buffer")
+        return ("square_avg",)
 
-    def update(self, p, g, coef):
-        d = self.decayed(p, g)
-        square_avg = torch.addcmul(
-            self.slots["square_avg"] * self.alpha, d, d, value=1 - self.alpha
-        )
-        avg = square_avg.sqrt() + self.cfg.eps
-        slots = {"square_avg": square_avg}
-        plain = p + coef["neg_lr"] * d / avg
+    def apply(self, p, d, coef):
+        square_avg = self.slots["square_avg"].mul_(self.alpha).addcmul_(d, d, value=1 - self.alpha)
+        avg = square_avg.sqrt().add_(self.cfg.eps)
         if not self.any_momentum:
-            return plain, slots
-        buf = torch.addcdiv(self.slots["momentum_buffer"] * self.momentum, d, avg)
-        slots["momentum_buffer"] = buf
-        return torch.where(self.momentum > 0, p + coef["neg_lr"] * buf, plain), slots
+            p.addcdiv_(d * coef["neg_lr"], avg)  # addcdiv_(grad, avg, value=-lr)
+            return
+        buf = self.slots["momentum_buffer"].mul_(self.momentum).addcdiv_(d, avg)
+        if all(self.momentum_host):
+            p.addcmul_(buf, coef["neg_lr"])  # add_(buf, alpha=-lr)
+            return
+        plain = d.mul_(coef["neg_lr"]).div_(avg)
+        p.add_(torch.where(self.momentum > 0, buf * coef["neg_lr"], plain))
 
     def torch_state(self, k, piece, shape):
         state = super().torch_state(k, piece, shape)
