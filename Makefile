@@ -29,7 +29,7 @@ run: setup system
 	$(VENV)/bin/cnnlab train
 
 test: setup system
-	$(PY) -m pytest -q
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadfile --durations=25
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks

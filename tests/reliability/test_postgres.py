@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cnnlab.errors import StudyError
 from cnnlab.studies.folder import StudyFolder
 from cnnlab.studies.runner import open_queue
 from cnnlab.studies.spec import expand, spec_from_dict
@@ -95,8 +96,13 @@ def test_four_workers_on_postgres_with_one_killed(tmp_path, postgres_url):
     procs = [_cli("study", "run", str(spec_file), "--root", str(root), "--workers", "1", *common, log=tmp_path / "run.log")]
     folder = StudyFolder.at(root, spec.name)
     deadline = time.time() + 120
-    while not (folder.path / "spec.yaml").exists() and time.time() < deadline:
-        time.sleep(0.5)
+    queue = None
+    while queue is None and time.time() < deadline:  # wait until the study is in the store
+        try:
+            queue = open_queue(spec, folder, postgres_url, create=False)
+        except StudyError:
+            time.sleep(0.5)
+    assert queue is not None, (tmp_path / "run.log").read_text()[-3000:]
     workers = [
         _cli("study", "worker", "--name", spec.name, "--root", str(root), "--threads", "1", *common, log=tmp_path / f"w{i}.log")
         for i in range(3)
@@ -104,7 +110,6 @@ def test_four_workers_on_postgres_with_one_killed(tmp_path, postgres_url):
     procs += workers
 
     # kill one extra worker while it trains a run that already has a checkpoint
-    queue = open_queue(spec, folder, postgres_url, create=False)
     worker_pids = {p.pid for p in workers}
     victim_key = None
     deadline = time.time() + 300
