@@ -271,3 +271,20 @@ def test_results_in_the_store_rebuild_missing_run_folders(tmp_path):
         assert read_summary(folder.run_dir(key))["final"] == summary["final"]
         assert json.loads((folder.run_dir(key) / "study.json").read_text())["key"] == key
     assert pull_results(folder, queue) == 0
+
+
+def test_sqlite_on_a_network_file_system_warns(tmp_path):
+    from pathlib import Path
+
+    from cnnlab.studies.queue import filesystem_type, warn_if_network_filesystem
+
+    mounts = "/dev/vda / ext4 rw 0 0\nserver:/export /mnt/shared nfs4 rw 0 0\n"
+    assert filesystem_type(Path("/mnt/shared/studies/x/study.db"), mounts) == "nfs4"
+    assert filesystem_type(Path("/mnt/sharedother/study.db"), mounts) == "ext4"
+    with pytest.warns(UserWarning, match="network file system .*nfs4.*postgresql"):
+        warn_if_network_filesystem(Path("/mnt/shared/studies/x/study.db"), mounts)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert warn_if_network_filesystem(Path("/tmp/study.db"), mounts) is None

@@ -115,6 +115,44 @@ def sqlite_path(url: str) -> Path | None:
     return Path(db) if db and db != ":memory:" else None
 
 
+NETWORK_FILESYSTEMS = frozenset({"nfs", "nfs4", "cifs", "smb", "smb2", "smb3", "smbfs", "afs", "9p", "fuse.sshfs"})
+
+
+def filesystem_type(path: Path, mounts: str | None = None) -> str | None:
+    """The file system type of the mount that holds ``path`` (longest /proc/mounts prefix)."""
+    if mounts is None:
+        try:
+            mounts = Path("/proc/mounts").read_text()
+        except OSError:
+            return None
+    target = str(Path(path).resolve())
+    best, kind = "", None
+    for line in mounts.splitlines():
+        parts = line.split()
+        if len(parts) < 3:
+            continue
+        point = parts[1].replace("\\040", " ")
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, kind = point, parts[2]
+    return kind
+
+
+def warn_if_network_filesystem(path: Path, mounts: str | None = None) -> str | None:
+    """Warn (UserWarning) when an SQLite store lies on NFS/SMB, where its locking is unsafe."""
+    import warnings
+
+    kind = filesystem_type(path.parent if not path.exists() else path, mounts)
+    if kind in NETWORK_FILESYSTEMS:
+        message = (
+            f"study store {str(path)!r} is on a network file system ({kind}), where SQLite locking "
+            "is unreliable and runs can be lost or duplicated; use --storage postgresql://... for many machines"
+        )
+        warnings.warn(message, UserWarning, stacklevel=3)
+        return message
+    return None
+
+
 def _sqlite_connector(path: Path):
     """Connections to a study's SQLite file, tuned for several local workers.
 
@@ -153,6 +191,9 @@ def open_storage(
 
     url = normalize_storage(url)
     shown = describe_url(url)
+    db_file = sqlite_path(url)
+    if db_file is not None:
+        warn_if_network_filesystem(db_file)
     try:
         parsed = make_url(url)
     except ArgumentError:
