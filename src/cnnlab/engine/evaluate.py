@@ -157,7 +157,7 @@ def read_image_file(path: str | Path, in_channels: int, size: tuple[int, int]) -
             arr = np.asarray(img, dtype=np.uint8)
     except FileNotFoundError:
         raise DataError(f"image file {str(path)!r} does not exist") from None
-    except (UnidentifiedImageError, OSError) as exc:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
         raise DataError(f"cannot read image file {str(path)!r}: not a readable image ({type(exc).__name__})") from None
     t = torch.from_numpy(arr.copy())
     return t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1).contiguous()
