@@ -122,7 +122,7 @@ def test_model_that_cannot_take_the_input_fails_before_training(tree, tmp_path, 
 
 def test_devices_2_relaunches_under_torchrun_with_a_fixed_name(tree, tmp_path, monkeypatch):
     # the launch itself is covered by tests/engine/test_distributed.py; here: what the CLI asks for
-    import cnnlab.engine.distributed as distributed
+    from cnnlab.engine import distributed
 
     calls = []
     monkeypatch.setattr(distributed, "launch", lambda n, args: calls.append((n, list(args))) or 0)
@@ -139,7 +139,7 @@ def test_devices_2_relaunches_under_torchrun_with_a_fixed_name(tree, tmp_path, m
 
 
 def test_exit_status_of_a_relaunch_is_passed_through(tree, tmp_path, monkeypatch):
-    import cnnlab.engine.distributed as distributed
+    from cnnlab.engine import distributed
 
     monkeypatch.setattr(distributed, "launch", lambda n, args: 3)
     monkeypatch.delenv("WORLD_SIZE", raising=False)

@@ -42,7 +42,7 @@ def test_same_seed_same_metrics_different_seed_differs(tmp_path, patch_splits):
     a = train(_cfg(), run_dir=tmp_path / "a", splits=patch_splits)
     b = train(_cfg(), run_dir=tmp_path / "b", splits=patch_splits)
     c = train(_cfg("train.seed=1"), run_dir=tmp_path / "c", splits=patch_splits)
-    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("examples_per_sec", "seconds")} for r in rows]  # noqa: E731
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("examples_per_sec", "seconds")} for r in rows]
     assert strip(a.metrics) == strip(b.metrics)
     assert strip(a.metrics) != strip(c.metrics)
     wa = ckpt.load_checkpoint(a.path / "checkpoints" / "last.pt")["model"]

@@ -28,11 +28,11 @@ app = typer.Typer(
 
 def _register_commands() -> None:
     # Importing a module registers its commands on `app`. Order sets --help order.
-    from cnnlab.cli import train as _train  # noqa: F401
     from cnnlab.cli import data as _data  # noqa: F401
-    from cnnlab.cli import models as _models  # noqa: F401
     from cnnlab.cli import explain as _explain  # noqa: F401
+    from cnnlab.cli import models as _models  # noqa: F401
     from cnnlab.cli import study as _study  # noqa: F401
+    from cnnlab.cli import train as _train  # noqa: F401
 
 
 def fail(message: str) -> typer.Exit:

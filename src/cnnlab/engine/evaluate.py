@@ -187,4 +187,4 @@ def predict_files(run: Run, files, checkpoint: str = "best", top_k: int = 3, dev
     return out
 
 
-__all__ = ["Evaluation", "evaluate_run", "predict_split", "predict_files", "load_model", "build_pipeline"]
+__all__ = ["Evaluation", "build_pipeline", "evaluate_run", "load_model", "predict_files", "predict_split"]

@@ -279,7 +279,7 @@ def _train(
 ) -> Run:
     """The run itself, once the folder, device and process group are settled."""
     if not ctx.is_main:
-        emit = lambda event, info: None  # noqa: E731 - only rank 0 reports progress
+        emit = lambda event, info: None
     notes: list[str] = []
     if device.type != "cuda":
         if cfg.train.precision != "fp32":
