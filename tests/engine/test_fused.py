@@ -21,7 +21,7 @@ from cnnlab.errors import ConfigError, RunError
 from cnnlab.models import create_model
 
 BASE = ["train.epochs=2", "train.batch_size=32", "train.device=cpu"]
-ATOL = 1e-5
+ATOL = 1e-5  # plus rtol 1e-5: running variances reach ~15, where float32 steps are ~1e-6
 
 
 def _cfgs(members, *extra):
@@ -35,7 +35,7 @@ def _weights(path, which="last"):
 def _assert_close_weights(a, b, atol=ATOL):
     assert a.keys() == b.keys()
     for key in a:
-        assert torch.allclose(a[key].double(), b[key].double(), atol=atol, rtol=0), key
+        assert torch.allclose(a[key].double(), b[key].double(), atol=atol, rtol=1e-5), key
 
 
 def _separate(cfgs, tmp_path, splits, prefix="s"):
