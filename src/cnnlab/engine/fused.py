@@ -80,9 +80,9 @@ _CHECKPOINT_VERSION = 1
 
 # On a CPU a fused step is one grouped convolution instead of K plain ones, which
 # oneDNN runs no faster, so fusing pays only where per-step overhead dominates:
-# measured with classic LeNet-5 (0.42 MMACs per image), fused K=8 beat separate
-# runs by 35% at batch 4, tied at batch 8-16 and lost 25-50% at batch 32-256
-# (docs/benchmarks.md). Groups of up to 8 are formed below this much work per step.
+# measured with classic LeNet-5 (0.42 MMACs per image), fused K=8 ran 1.6x as fast
+# as separate runs at batch 4-8, tied at batch 16 and was 1.5-2x slower at batch
+# 32-256 (docs/benchmarks.md). Groups of up to 8 are formed below this much work per step.
 _CPU_FUSE_MACS = 4_000_000
 _CPU_MAX_GROUP = 8
 _GPU_MAX_GROUP = 64
