@@ -60,9 +60,9 @@ from cnnlab.engine.trainer import (
     _prepare_run_dir,
     device_label,
     resolve_device,
+    run_summary,
     seed_everything,
     summary_line,
-    versions,
 )
 from cnnlab.errors import CheckpointError, ConfigError, RunError
 from cnnlab.models import create_model, default_in_channels, default_input_size
@@ -649,55 +649,20 @@ def _summary(
     **extra: Any,
 ) -> dict[str, Any]:
     """The trainer's summary.json for one member, plus a ``fused`` section."""
-    cfg, state = m.cfg, m.state
-    last = state.rows[-1] if state.rows else {}
-    train_examples = sizes["train"] * len(state.rows)
-    return {
-        "name": m.path.name,
-        "status": status,
-        "final": {
-            k: last.get(k)
-            for k in ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")
-        },
-        "best": {
-            "val_acc" if cfg.train.monitor == "val_acc" else "val_loss": state.best_val,
-            "epoch": state.best_epoch,
-        },
-        "time": {
-            "train_seconds": state.train_seconds,
-            "total_seconds": time.perf_counter() - t_start,
-            "examples_per_sec": train_examples / state.train_seconds
-            if state.train_seconds
-            else None,
-        },
-        "epochs_completed": state.epoch,
-        "steps": state.step,
-        "diverged": None,
-        "error": None,
-        "device": dev,
-        "world_size": 1,
-        "seed": cfg.train.seed,
-        "versions": versions(),
-        "data": {
-            "name": splits.name,
-            "source": splits.source,
-            "fingerprint": splits.fingerprint[:16],
-            "sizes": dict(sizes),
-            "classes": list(splits.classes),
-        },
-        "model_input": {
-            "in_channels": splits.in_channels,
-            "image_size": list(splits.image_size),
-            "input_size": list(input_size(splits, cfg.data)),
-            "classes": list(splits.classes),
-            "mean": list(splits.mean),
-            "std": list(splits.std),
-        },
-        "notes": m.notes,
-        "config": cfg.to_dict(),
-        "fused": {**group, "member": m.index},
+    return run_summary(
+        m.path.name,
+        status,
+        cfg=m.cfg,
+        state=m.state,
+        splits=splits,
+        sizes=sizes,
+        device=dev,
+        world_size=1,
+        notes=m.notes,
+        t_start=t_start,
+        fused={**group, "member": m.index},
         **extra,
-    }
+    )
 
 
 # ---------------------------------------------------------------- the group

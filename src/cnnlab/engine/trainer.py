@@ -139,6 +139,73 @@ def _better(value: float, best: float | None, monitor: str) -> bool:
     return value > best if monitor == "val_acc" else value < best
 
 
+def run_summary(
+    name: str,
+    status: str,
+    *,
+    cfg: RunConfig,
+    state: TrainState,
+    splits: DataSplits,
+    sizes: dict[str, int],
+    device: str,
+    world_size: int,
+    notes: list[str],
+    t_start: float,
+    **extra: Any,
+) -> dict[str, Any]:
+    """summary.json of a run: final and best metrics, timings, versions, data, model input.
+
+    Shared by the trainer and fused groups, so both write the same record.
+    """
+    last = state.rows[-1] if state.rows else {}
+    train_examples = sizes["train"] * len(state.rows)
+    return {
+        "name": name,
+        "status": status,
+        "final": {
+            k: last.get(k)
+            for k in ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")
+        },
+        "best": {
+            "val_acc" if cfg.train.monitor == "val_acc" else "val_loss": state.best_val,
+            "epoch": state.best_epoch,
+        },
+        "time": {
+            "train_seconds": state.train_seconds,
+            "total_seconds": time.perf_counter() - t_start,
+            "examples_per_sec": train_examples / state.train_seconds
+            if state.train_seconds
+            else None,
+        },
+        "epochs_completed": state.epoch,
+        "steps": state.step,
+        "diverged": None,
+        "error": None,
+        "device": device,
+        "world_size": world_size,
+        "seed": cfg.train.seed,
+        "versions": versions(),
+        "data": {
+            "name": splits.name,
+            "source": splits.source,
+            "fingerprint": splits.fingerprint[:16],
+            "sizes": dict(sizes),
+            "classes": list(splits.classes),
+        },
+        "model_input": {
+            "in_channels": splits.in_channels,
+            "image_size": list(splits.image_size),
+            "input_size": list(input_size(splits, cfg.data)),
+            "classes": list(splits.classes),
+            "mean": list(splits.mean),
+            "std": list(splits.std),
+        },
+        "notes": notes,
+        "config": cfg.to_dict(),
+        **extra,
+    }
+
+
 # ---------------------------------------------------------------- evaluation
 
 
@@ -295,11 +362,13 @@ def _train(
     # -- data, resident on the device
     if splits is None:
         splits = load_run_data(
-            cfg.data, progress=lambda task, done, total: emit("data", {"task": task, "done": done, "total": total})
+            cfg.data,
+            progress=lambda task, done, total: emit(
+                "data", {"task": task, "done": done, "total": total}
+            ),
         )
     else:
         splits = prepare_splits(splits, cfg.data)
-    data_fingerprint = splits.fingerprint[:16]
     train_set, val_set, test_set = (
         to_device(s, device) for s in (splits.train, splits.val, splits.test)
     )
@@ -374,7 +443,9 @@ def _train(
         emit("note", {"text": note})
     folder.log(f"config: {cfg.short()}")
     if resume and state.step > 0:
-        folder.log(f"resumed after epoch {state.epoch} (step {state.step}) from the saved checkpoint")
+        folder.log(
+            f"resumed after epoch {state.epoch} (step {state.step}) from the saved checkpoint"
+        )
     emit(
         "start",
         {
@@ -390,53 +461,19 @@ def _train(
     )
 
     def summary(status: str, **extra: Any) -> dict[str, Any]:
-        last = state.rows[-1] if state.rows else {}
-        train_examples = sum(len(train_set) for _ in state.rows)
-        return {
-            "name": path.name,
-            "status": status,
-            "final": {
-                k: last.get(k)
-                for k in ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")
-            },
-            "best": {
-                "val_acc" if cfg.train.monitor == "val_acc" else "val_loss": state.best_val,
-                "epoch": state.best_epoch,
-            },
-            "time": {
-                "train_seconds": state.train_seconds,
-                "total_seconds": time.perf_counter() - t_start,
-                "examples_per_sec": train_examples / state.train_seconds
-                if state.train_seconds
-                else None,
-            },
-            "epochs_completed": state.epoch,
-            "steps": state.step,
-            "diverged": None,
-            "error": None,
-            "device": dev_label,
-            "world_size": ctx.world_size,
-            "seed": cfg.train.seed,
-            "versions": versions(),
-            "data": {
-                "name": splits.name,
-                "source": splits.source,
-                "fingerprint": data_fingerprint,
-                "sizes": {"train": len(train_set), "val": len(val_set), "test": len(test_set)},
-                "classes": list(splits.classes),
-            },
-            "model_input": {
-                "in_channels": splits.in_channels,
-                "image_size": list(splits.image_size),
-                "input_size": list(input_size(splits, cfg.data)),
-                "classes": list(splits.classes),
-                "mean": list(splits.mean),
-                "std": list(splits.std),
-            },
-            "notes": notes,
-            "config": cfg.to_dict(),
+        return run_summary(
+            path.name,
+            status,
+            cfg=cfg,
+            state=state,
+            splits=splits,
+            sizes={"train": len(train_set), "val": len(val_set), "test": len(test_set)},
+            device=dev_label,
+            world_size=ctx.world_size,
+            notes=notes,
+            t_start=t_start,
             **extra,
-        }
+        )
 
     def checkpoint_state() -> dict[str, Any]:
         return {
