@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
 import shutil
 import sys
 import time
@@ -66,6 +67,17 @@ def cache_dir() -> Path:
     return cache_root() / "benchmarks"
 
 
+def fashion_source() -> Path:
+    """Where the gzipped IDX files are: ``$CNNLAB_DATA/fashion-mnist`` (as cnnlab looks), else Debian's."""
+    env = os.environ.get("CNNLAB_DATA")
+    if env:
+        for base in env.split(os.pathsep):
+            folder = Path(base).expanduser() / "fashion-mnist"
+            if (folder / f"{FASHION_FILES[0]}.gz").is_file():
+                return folder
+    return FASHION_SYSTEM
+
+
 def fashion_mnist_root(cache: Path | None = None) -> Path:
     """A folder torchvision's FashionMNIST reads: ``ROOT/FashionMNIST/raw/<decompressed IDX files>``.
 
@@ -78,8 +90,9 @@ def fashion_mnist_root(cache: Path | None = None) -> Path:
     if all((raw / f).is_file() for f in FASHION_FILES):
         return root
     raw.mkdir(parents=True, exist_ok=True)
+    source = fashion_source()
     for name in FASHION_FILES:
-        src = FASHION_SYSTEM / f"{name}.gz"
+        src = source / f"{name}.gz"
         if not src.is_file():
             raise SystemExit(
                 f"error: {src} not found; install it with: apt install dataset-fashion-mnist"

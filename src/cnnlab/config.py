@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cnnlab.errors import CnnlabError, ConfigError
 from cnnlab.registry import normalize_name
@@ -129,8 +129,13 @@ class TrainConfig(_Section):
     deterministic: bool = False
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$", description="auto, cpu, cuda, cuda:N, mps")
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    channels_last: bool = False
+    channels_last: bool | Literal["auto"] = Field(
+        "auto", description="NHWC batches and weights; auto: conv nets on CPU, and on CUDA with bf16/fp16"
+    )
     compile: bool = False
+    cuda_graph: bool | Literal["auto"] = Field(
+        "auto", description="replay each training step as one CUDA graph; auto: on CUDA when the run can"
+    )
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     grad_clip: float | None = Field(None, gt=0.0, description="max global gradient norm")
     patience: int | None = Field(None, ge=1, description="early stopping: epochs without val improvement")
@@ -138,6 +143,17 @@ class TrainConfig(_Section):
     test_every_epoch: bool = False
     tensorboard: bool = False
     devices: int = Field(1, ge=1, le=1024, description="processes for a DistributedDataParallel run")
+
+    @field_validator("channels_last", "cuda_graph", mode="before")
+    @classmethod
+    def _tri_state(cls, value: Any, info: Any) -> Any:
+        # One clear message instead of pydantic's two (one per member of the union).
+        if isinstance(value, bool) or value == "auto":
+            return value
+        text = str(value).strip().lower()
+        if text in ("true", "false"):
+            return text == "true"
+        raise ValueError(f"train.{info.field_name}={value!r} is not allowed; use true, false or auto")
 
 
 _SHORTHANDS = ("data", "model", "optim", "schedule")  # `model=resnet18` means `model.name=resnet18`

@@ -20,7 +20,10 @@ from cnnlab.engine.trainer import train
 from cnnlab.errors import ConfigError, RunError
 from cnnlab.models import create_model
 
-BASE = ["train.epochs=2", "train.batch_size=32", "train.device=cpu"]
+# Fused groups run NCHW; the single-run trainer would pick channels_last on a CPU, whose
+# different summation order drifts by ~1e-5 over these steps at lr 0.9 (it is
+# compared with NCHW in tests/engine/test_trainer.py). Compare like with like.
+BASE = ["train.epochs=2", "train.batch_size=32", "train.device=cpu", "train.channels_last=false"]
 ATOL = 1e-5  # plus rtol 1e-5: running variances reach ~15, where float32 steps are ~1e-6
 
 
@@ -252,6 +255,7 @@ def test_fused_optimizers_follow_torch_optim(options):
                 {n: c[s][:, None] for n, c in coefs.items()},
                 torch.ones(stack.k, 1, dtype=torch.bool),
             )
+        fused.steps += 1  # the caller counts steps (a replayed CUDA graph runs no Python)
     for k, model in enumerate(models):
         for name, p in model.named_parameters():
             assert torch.allclose(
@@ -338,3 +342,38 @@ def test_group_size_for_follows_memory():
         )
         < small
     )
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ("model=lenet5", "data.augment.crop_padding=2", "data.augment.hflip=0.5"),
+        ("model=lenet5-bn", "optim=adam", "optim.lr=0.01", "schedule=cosine", "train.grad_clip=1.0"),
+    ],
+    ids=["sgd-augment", "adam-bn-clip"],
+)
+def test_graph_step_reads_only_its_buffers(tmp_path, patch_splits, monkeypatch, extra):
+    # A CUDA graph replays a step on fixed buffers. On the CPU, EagerGraphStep runs the very
+    # step a graph would record, on those buffers, so a group trained that way must end exactly
+    # where the plain group ends (a missed buffer refill would repeat a stale batch or lr).
+    from cnnlab.engine import accel
+
+    cfgs = _cfgs(MEMBERS[:2], *extra, "train.batch_size=48")
+    plain = train_group(cfgs, [tmp_path / f"p{i}" for i in range(2)], splits=patch_splits)
+    calls = []
+
+    class Counting(accel.EagerGraphStep):
+        def __call__(self):
+            calls.append(1)
+            return super().__call__()
+
+    monkeypatch.setitem(accel.GRAPH_STEP, "cpu", Counting)
+    monkeypatch.setattr(accel, "use_cuda_graph", lambda setting, device, compiled: True)
+    graphed = train_group(cfgs, [tmp_path / f"g{i}" for i in range(2)], splits=patch_splits)
+    # 2 epochs of 256 images at batch 48: 5 full batches each go through the buffers,
+    # the last batch of 16 runs on its own tensors
+    assert len(calls) == 10
+    for a, b in zip(plain, graphed):
+        assert _metric_rows(a) == _metric_rows(b)
+        for key, value in _weights(a.path).items():
+            assert torch.equal(value, _weights(b.path)[key]), key

@@ -90,9 +90,9 @@ class Progress:
         self._bar.update(self._task, completed=info["batch"], epoch=info["epoch"], stats=stats)
 
     def _on_epoch(self, info: dict[str, Any]) -> None:
-        from cnnlab.engine.trainer import _epoch_line
+        from cnnlab.engine.trainer import epoch_line
 
-        line = _epoch_line(info["row"])
+        line = epoch_line(info["row"])
         if self._bar is not None:
             self._bar.console.print(line)
             self._bar.reset(

@@ -10,10 +10,12 @@ generator state.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
 
 import torch
+import torch.nn.functional as F
 
 from cnnlab.config import AugmentConfig
 from cnnlab.data import transforms as T
@@ -40,11 +42,21 @@ def generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
 class BatchPipeline:
     """uint8 batch -> float batch ready for the model: normalize, resize, augment.
 
+    One pipeline serves the single-run trainer, fused groups, evaluation and
+    prediction, so every path sees the same arithmetic. Random augmentation is
+    split in two: :meth:`draws` takes the random numbers of one batch from a CPU
+    generator (so a GPU run sees the crops and flips of a CPU run with the same
+    seed), and :meth:`augment_with` applies them on the batch's device.
+    :func:`epoch_draws` takes a whole epoch's draws at its start and copies them
+    to the device once, so a training step never waits for a host-to-device copy.
+
     Attributes:
         mean, std: per-channel statistics on the 0..1 scale (empty = no normalization).
         size: output (H, W) when resizing, else None.
         augment: training-time augmentation (ignored for evaluation).
         channels_last: convert the batch to channels_last memory format.
+        stats: mean and std as ``1 x C x 1 x 1`` tensors on the device (:meth:`to`);
+            without them every batch would copy the statistics to the device again.
     """
 
     mean: tuple[float, ...]
@@ -52,24 +64,130 @@ class BatchPipeline:
     size: tuple[int, int] | None = None
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     channels_last: bool = False
+    stats: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, compare=False, repr=False)
 
-    def __call__(
-        self, x: torch.Tensor, g: torch.Generator | None = None, train: bool = False
-    ) -> torch.Tensor:
-        x = T.normalize(x, self.mean, self.std) if self.mean else T.to_float(x)
+    def to(self, device: torch.device | str) -> BatchPipeline:
+        """This pipeline with its statistics cached on ``device``."""
+        if not self.mean:
+            return self
+        shape = (1, -1, 1, 1)
+        m = torch.tensor(self.mean, dtype=torch.float32).reshape(shape).to(device)
+        s = torch.tensor(self.std, dtype=torch.float32).reshape(shape).to(device)
+        return replace(self, stats=(m, s))
+
+    @property
+    def random(self) -> bool:
+        """Whether training batches are augmented at random."""
+        a = self.augment
+        return bool(a.crop_padding or a.hflip or a.vflip)
+
+    def convert(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 -> normalized float, resized; no augmentation, no memory-format change."""
+        if self.stats is not None and self.stats[0].device == x.device:
+            m, s = self.stats
+            x = (T.to_float(x) - m) / s
+        else:
+            x = T.normalize(x, self.mean, self.std) if self.mean else T.to_float(x)
         if self.size is not None and tuple(x.shape[-2:]) != self.size:
             x = T.resize(x, self.size)
-        if train and g is not None:
-            a = self.augment
-            if a.crop_padding:
-                x = T.random_crop(x, tuple(x.shape[-2:]), a.crop_padding, generator=g)
-            if a.hflip:
-                x = T.random_flip(x, a.hflip, dim=-1, generator=g)
-            if a.vflip:
-                x = T.random_flip(x, a.vflip, dim=-2, generator=g)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
         return x
+
+    def draws(self, n: int, g: torch.Generator) -> list[torch.Tensor]:
+        """The random numbers of one batch of ``n`` images, in a fixed order, on the CPU.
+
+        Crop offsets (rows, then columns) in ``0 .. 2 * crop_padding``, then a 0/1
+        flip decision per image for each enabled flip.
+        """
+        a = self.augment
+        out = []
+        if a.crop_padding:
+            span = 2 * a.crop_padding + 1
+            out.append(torch.randint(0, span, (n,), generator=g))
+            out.append(torch.randint(0, span, (n,), generator=g))
+        if a.hflip:
+            out.append((torch.rand(n, generator=g) < a.hflip).long())
+        if a.vflip:
+            out.append((torch.rand(n, generator=g) < a.vflip).long())
+        return out
+
+    def augment_with(self, x: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
+        """Crop and flip ``x`` (``N x C x H x W``) per image with ``draws`` (``rows x N``)."""
+        a, i = self.augment, 0
+        if a.crop_padding:
+            h, w = x.shape[-2:]
+            x = F.pad(x, (a.crop_padding,) * 4, value=0)
+            oy, ox = draws[0], draws[1]
+            rows = (oy[:, None] + torch.arange(h, device=x.device))[:, :, None]
+            cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, :]
+            batch = torch.arange(len(x), device=x.device)[:, None, None]
+            # Advanced indexing puts the indexed dims first: N x h x w x C.
+            x = x[batch, :, rows, cols].permute(0, 3, 1, 2).contiguous()
+            i = 2
+        for p, dim in ((a.hflip, -1), (a.vflip, -2)):
+            if p:
+                x = torch.where(draws[i].bool()[:, None, None, None], x.flip(dim), x)
+                i += 1
+        return x
+
+    def finish(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def __call__(
+        self,
+        x: torch.Tensor,
+        g: torch.Generator | None = None,
+        train: bool = False,
+        *,
+        draws: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The model's input for a uint8 batch; augmented when ``train`` with ``draws`` or ``g``."""
+        x = self.convert(x)
+        if train and self.random:
+            if draws is None and g is not None:
+                draws = torch.stack(self.draws(len(x), g)).to(x.device)
+            if draws is not None:
+                x = self.augment_with(x, draws)
+        return self.finish(x)
+
+
+def epoch_draws(
+    pipeline: BatchPipeline,
+    seeds: Sequence[int],
+    epoch: int,
+    n: int,
+    batch_size: int,
+    start: int,
+    device: torch.device | str,
+) -> list[torch.Tensor]:
+    """Every batch's augmentation draws for one epoch, for one or more runs, moved to the device at once.
+
+    Batch ``b`` of the run with seed ``s`` draws from the generator of
+    ``(s, epoch, b)`` (what makes mid-epoch resume exact); the tensor of a batch
+    is ``D x (K * rows)``, runs one after the other as in a fused group's stacked
+    batch. Element ``i`` of the result is batch ``start + i``.
+    """
+    steps = (n + batch_size - 1) // batch_size
+    shapes, chunks = [], []
+    for b in range(start, steps):
+        rows = min(batch_size, n - b * batch_size)
+        per_run = [pipeline.draws(rows, batch_generator(s, epoch, b)) for s in seeds]
+        batch = torch.stack([torch.cat(kind) for kind in zip(*per_run)])
+        shapes.append(batch.shape)
+        chunks.append(batch.reshape(-1))
+    if not chunks:
+        return []
+    flat = torch.cat(chunks)
+    device = torch.device(device)
+    if device.type == "cuda":
+        flat = flat.pin_memory()
+    flat = flat.to(device, non_blocking=True)
+    pieces = torch.split(flat, [math.prod(sh) for sh in shapes])
+    return [piece.view(sh) for piece, sh in zip(pieces, shapes)]
+
+
+def batch_generator(seed: int, epoch: int, batch: int) -> torch.Generator:
+    """The augmentation generator of one batch of one run."""
+    return generator(derive_seed(seed, epoch, batch, 1))
 
 
 def epoch_order(n: int, seed: int, epoch: int, device: torch.device | str) -> torch.Tensor:
@@ -98,8 +216,7 @@ def train_batches(
     steps = (len(images) + batch_size - 1) // batch_size
     for b in range(start_batch, steps):
         idx = order[b * batch_size : (b + 1) * batch_size]
-        g = generator(derive_seed(seed, epoch, b, 1))
-        yield b, images[idx], labels[idx], g
+        yield b, images[idx], labels[idx], batch_generator(seed, epoch, b)
 
 
 def eval_batches(

@@ -43,22 +43,22 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
-from cnnlab.config import AugmentConfig, OptimConfig, RunConfig, build_config, flatten
+from cnnlab.config import OptimConfig, RunConfig, build_config, flatten
 from cnnlab.data import DataSplits
-from cnnlab.data import transforms as T
+from cnnlab.engine import accel
 from cnnlab.engine import checkpoint as ckpt
-from cnnlab.engine.batches import derive_seed, epoch_order, eval_batches, generator
-from cnnlab.engine.inputs import input_size, load_run_data, prepare_splits
+from cnnlab.engine.batches import epoch_draws, epoch_order, eval_batches
+from cnnlab.engine.inputs import build_pipeline, input_size, load_run_data, prepare_splits
 from cnnlab.engine.optim import build_optimizer, init_weights, param_groups
 from cnnlab.engine.run import Run, RunFolder
 from cnnlab.engine.schedules import lr_at
 from cnnlab.engine.trainer import (
     TrainState,
-    _autocast,
-    _better,
-    _epoch_line,
-    _prepare_run_dir,
+    autocast_for,
     device_label,
+    epoch_line,
+    is_better,
+    prepare_run_dir,
     resolve_device,
     run_summary,
     seed_everything,
@@ -173,6 +173,26 @@ def _free_bytes(device: torch.device) -> int:
         return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES") * 0.5)
 
 
+def _input_of(
+    config: RunConfig, splits: DataSplits | None
+) -> tuple[tuple[int, int, int], int]:
+    """(C, H, W) of the model's input and the number of classes, from the data or the config."""
+    if splits is not None:
+        return (splits.in_channels, *input_size(splits, config.data)), splits.num_classes
+    size = (
+        (config.data.resize,) * 2
+        if config.data.resize
+        else (default_input_size(config.model.name) or (28, 28))
+    )
+    return (default_in_channels(config.model.name), *size), 10
+
+
+def step_macs(config: RunConfig, splits: DataSplits | None = None) -> int:
+    """Multiply-accumulates of one forward pass over a training batch of one run."""
+    shape, classes = _input_of(config, splits)
+    return config.train.batch_size * _summary_of(config, shape, classes).macs
+
+
 def group_size_for(
     config: RunConfig,
     device: str | torch.device | None = None,
@@ -198,21 +218,9 @@ def group_size_for(
         At least 1, even when one member alone does not seem to fit.
     """
     dev = resolve_device(str(device) if device is not None else config.train.device)
-    if splits is not None:
-        channels, size = splits.in_channels, input_size(splits, config.data)
-        classes = splits.num_classes
-        data = sum(s.images.numel() for _, s in splits.items())
-    else:
-        channels = default_in_channels(config.model.name)
-        size = (
-            (config.data.resize,) * 2
-            if config.data.resize
-            else (default_input_size(config.model.name) or (28, 28))
-        )
-        classes, data = 10, 0
-    shape = (channels, *size)
-    work = config.train.batch_size * _summary_of(config, shape, classes).macs
-    if dev.type == "cpu" and max_size is None and work > _CPU_FUSE_MACS:
+    shape, classes = _input_of(config, splits)
+    data = sum(s.images.numel() for _, s in splits.items()) if splits is not None else 0
+    if dev.type == "cpu" and max_size is None and step_macs(config, splits) > _CPU_FUSE_MACS:
         return 1
     budget = (free_bytes if free_bytes is not None else _free_bytes(dev)) - data
     cap = max_size or (_GPU_MAX_GROUP if dev.type == "cuda" else _CPU_MAX_GROUP)
@@ -363,8 +371,8 @@ class FusedOptimizer:
         """One step on ``p`` (``K x P``) with gradients ``g`` (overwritten).
 
         ``coef`` values and ``update`` (bool, false for members that must not move) are ``K x 1``.
+        The caller counts :attr:`steps` (a step replayed from a CUDA graph runs no Python).
         """
-        self.steps += 1
         torch.where(update, g, self._zero, out=g)  # also clears a frozen member's NaNs
         gated = dict(coef)
         for name in self.step_coefficients:
@@ -518,109 +526,6 @@ class _RMSprop(FusedOptimizer):
 # ---------------------------------------------------------------- batches for K members
 
 
-@dataclass
-class _Prep:
-    """The trainer's BatchPipeline with its statistics cached on the device.
-
-    Same arithmetic as :class:`~cnnlab.engine.batches.BatchPipeline` (normalize,
-    resize, then per-sample crop and flips), but the random draws of all members
-    come in as tensors, so one call serves the whole group and no per-batch copy
-    of the statistics reaches the device.
-    """
-
-    mean: torch.Tensor | None
-    std: torch.Tensor | None
-    size: tuple[int, int] | None
-    augment: AugmentConfig
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        x = T.to_float(x)
-        if self.mean is not None:
-            x = (x - self.mean) / self.std
-        if self.size is not None and tuple(x.shape[-2:]) != self.size:
-            x = T.resize(x, self.size)
-        return x
-
-    @property
-    def random(self) -> bool:
-        a = self.augment
-        return bool(a.crop_padding or a.hflip or a.vflip)
-
-    def draws(self, n: int, g: torch.Generator) -> list[torch.Tensor]:
-        """One member's draws for one batch, in the order the trainer's transforms take them."""
-        a = self.augment
-        out = []
-        if a.crop_padding:
-            # random_crop to the unpadded size: offsets in 0 .. 2 * padding
-            span = 2 * a.crop_padding + 1
-            out.append(torch.randint(0, span, (n,), generator=g))
-            out.append(torch.randint(0, span, (n,), generator=g))
-        if a.hflip:
-            out.append((torch.rand(n, generator=g) < a.hflip).long())
-        if a.vflip:
-            out.append((torch.rand(n, generator=g) < a.vflip).long())
-        return out
-
-    def apply(self, x: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
-        """Crop and flip ``x`` (``N x C x H x W``) with ``draws`` (``rows x N``, from :meth:`draws`)."""
-        a, i = self.augment, 0
-        if a.crop_padding:
-            h, w = x.shape[-2:]
-            x = F.pad(x, (a.crop_padding,) * 4, value=0)
-            oy, ox = draws[0], draws[1]
-            rows = (oy[:, None] + torch.arange(h, device=x.device))[:, :, None]
-            cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, :]
-            batch = torch.arange(len(x), device=x.device)[:, None, None]
-            x = x[batch, :, rows, cols].permute(0, 3, 1, 2).contiguous()
-            i = 2
-        for p, dim in ((a.hflip, -1), (a.vflip, -2)):
-            if p:
-                x = torch.where(draws[i].bool()[:, None, None, None], x.flip(dim), x)
-                i += 1
-        return x
-
-
-def _prep(splits: DataSplits, cfg: RunConfig, device: torch.device) -> _Prep:
-    d = cfg.data
-    mean = std = None
-    if d.normalize:
-        mean = torch.tensor(splits.mean, dtype=torch.float32).reshape(1, -1, 1, 1).to(device)
-        std = torch.tensor(splits.std, dtype=torch.float32).reshape(1, -1, 1, 1).to(device)
-    size = (d.resize, d.resize) if d.resize else None
-    return _Prep(mean, std, size, d.augment)
-
-
-def _epoch_draws(
-    prep: _Prep,
-    seeds: Sequence[int],
-    epoch: int,
-    n: int,
-    batch_size: int,
-    start: int,
-    device: torch.device,
-) -> list[torch.Tensor]:
-    """Every member's augmentation draws for the batches of one epoch, moved to the device at once.
-
-    Batch ``b`` of the member with seed ``s`` draws from the trainer's generator
-    for ``(s, epoch, b)``; the result for a batch is ``D x (K * rows)``, members
-    one after the other as in the stacked batch.
-    """
-    steps = (n + batch_size - 1) // batch_size
-    shapes, chunks = [], []
-    for b in range(start, steps):
-        rows = min(batch_size, n - b * batch_size)
-        per_member = [prep.draws(rows, generator(derive_seed(s, epoch, b, 1))) for s in seeds]
-        batch = torch.stack([torch.cat(kind) for kind in zip(*per_member)])
-        shapes.append(batch.shape)
-        chunks.append(batch.reshape(-1))
-    flat = torch.cat(chunks)
-    if device.type == "cuda":
-        flat = flat.pin_memory()
-    flat = flat.to(device, non_blocking=True)
-    pieces = torch.split(flat, [math.prod(sh) for sh in shapes])
-    return [piece.view(sh) for piece, sh in zip(pieces, shapes)]
-
-
 # ---------------------------------------------------------------- members
 
 
@@ -727,12 +632,15 @@ class _Group:
         self.train_set, self.val_set, self.test_set = (
             s.to(device) for s in (splits.train, splits.val, splits.test)
         )
-        self.prep = _prep(splits, self.cfg, device)
+        self.prep = build_pipeline(splits, self.cfg.data).to(device)
         self.stack = _Stack(_build_models(cfgs, splits), len(cfgs), device)
         self.opt = FUSED_OPTIMIZERS.get(self.cfg.optim.name)(
             [c.optim for c in cfgs], self.stack.decay, (self.stack.k, self.stack.size), device
         )
-        self.autocast = _autocast(self.cfg, device)
+        self.use_graph = accel.use_cuda_graph(
+            self.cfg.train.cuda_graph, device, self.cfg.train.compile
+        )
+        self.autocast = autocast_for(self.cfg, device, cache=not self.use_graph)
         self.steps_per_epoch = math.ceil(len(self.train_set) / self.cfg.train.batch_size)
         self.has_dropout = any(
             isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0
@@ -804,7 +712,7 @@ class _Group:
         self.stack.template.eval()
         params = {n: p.detach() for n, p in self.stack.params.items()}
         for x, y in eval_batches(split.images, split.labels, self.cfg.train.eval_batch_size):
-            l, c = self.eval_fn(params, self.stack.buffers, self.prep(x), y)
+            l, c = self.eval_fn(params, self.stack.buffers, self.prep.convert(x), y)
             loss += l.double()
             correct += c
         self.stack.template.train()
@@ -845,17 +753,14 @@ def train_group(
     emit = callback or (lambda event, info: None)
     cfgs = _check_group(configs, run_dirs)
     cfg = cfgs[0]
-    paths = [_prepare_run_dir(c, Path(d), None, Path("."), resume) for c, d in zip(cfgs, run_dirs)]
+    paths = [prepare_run_dir(c, Path(d), None, Path("."), resume) for c, d in zip(cfgs, run_dirs)]
     device = resolve_device(cfg.train.device)
-    notes: list[str] = [f"trained in a fused group of {len(cfgs)}"]
-    if device.type != "cuda":
-        if cfg.train.precision != "fp32":
-            notes.append(
-                f"train.precision={cfg.train.precision} needs CUDA; running fp32 on {device.type}"
-            )
-        if cfg.train.channels_last:
-            notes.append(f"train.channels_last only helps on CUDA; ignored on {device.type}")
-    elif cfg.train.channels_last:
+    notes: list[str] = [f"trained in a fused group of {len(cfgs)}"] if len(cfgs) > 1 else []
+    if device.type != "cuda" and cfg.train.precision != "fp32":
+        notes.append(
+            f"train.precision={cfg.train.precision} needs CUDA; running fp32 on {device.type}"
+        )
+    if cfg.train.channels_last is True:
         notes.append(
             "train.channels_last is ignored in a fused group (its convolutions are grouped over the members)"
         )
@@ -863,6 +768,9 @@ def train_group(
     splits = load_run_data(cfg.data) if splits is None else prepare_splits(splits, cfg.data)
     members = [_Member(i, c, p, notes=list(notes)) for i, (c, p) in enumerate(zip(cfgs, paths))]
     group = _Group(cfgs, members, splits, device)
+    if group.use_graph:
+        for m in members:
+            m.notes.append("training steps replayed as a CUDA graph")
     if group.has_dropout:
         for m in members:
             m.notes.append(
@@ -881,18 +789,23 @@ def train_group(
     dev = device_label(device)
     info = {"group_size": len(members), "members": [str(m.path) for m in members]}
 
-    def write_summary(m: _Member, status: str, **extra: Any) -> dict[str, Any]:
-        s = _summary(
+    def member_summary(m: _Member, status: str, **extra: Any) -> dict[str, Any]:
+        return _summary(
             m, status, splits=splits, sizes=sizes, dev=dev, group=info, t_start=t_start, **extra
         )
+
+    def write_summary(m: _Member, status: str, **extra: Any) -> dict[str, Any]:
+        s = member_summary(m, status, **extra)
         m.folder.write_summary(s)
         return s
 
     def finish(m: _Member, status: str) -> None:
-        final = write_summary(m, status, diverged=m.diverged)
+        final = member_summary(m, status, diverged=m.diverged)
         m.folder.write_metrics(m.state.rows)
         m.folder.write_curves(m.state.rows, title=m.path.name)
         m.folder.log(summary_line(final))
+        # Last, as in the trainer: a finished summary.json means the folder is whole.
+        m.folder.write_summary(final)
         emit("end", {"summary": final, "path": m.path, "member": m.index})
 
     total_epochs = cfg.train.epochs
@@ -977,6 +890,92 @@ def _restore(group: _Group) -> None:
         )
 
 
+class _Step:
+    """One training step of the group: inputs from buffers, results accumulated in place.
+
+    The per-epoch sums (loss, correct), the divergence bookkeeping and the mask
+    of members still training live in tensors allocated once, and the step
+    number is a device counter the step itself advances, so the same step can
+    be replayed from a CUDA graph (:class:`cnnlab.engine.accel.CudaGraphStep`)
+    and run eagerly with identical results. Full batches go through fixed
+    input buffers (:meth:`fill`); the last, smaller batch of an epoch runs
+    eagerly on its own tensors.
+    """
+
+    def __init__(self, group: _Group, use_graph: bool) -> None:
+        self.group = group
+        k, bs, device = group.stack.k, group.cfg.train.batch_size, group.device
+        self.running = torch.zeros(k, dtype=torch.bool, device=device)
+        self.loss_sum = torch.zeros(k, dtype=torch.float64, device=device)
+        self.correct = torch.zeros(k, dtype=torch.int64, device=device)
+        self.last_finite = torch.full((k,), math.nan, device=device)
+        self.diverged_at = torch.zeros(k, dtype=torch.int64, device=device)
+        self.step_no = torch.zeros((), dtype=torch.int64, device=device)
+        self.idx = torch.zeros(k, bs, dtype=torch.int64, device=device)
+        self.draws: torch.Tensor | None = None
+        self.coef: dict[str, torch.Tensor] = {}
+        self.graph = accel.GRAPH_STEP[device.type](self._fixed, device) if use_graph else None
+
+    def start_epoch(self, loss_sum, correct, running, step: int) -> None:
+        self.loss_sum.copy_(loss_sum)
+        self.correct.copy_(correct)
+        self.running.copy_(running)
+        self.last_finite.fill_(math.nan)
+        self.diverged_at.zero_()
+        self.step_no.fill_(step)
+
+    def __call__(self, idx, draws, coef) -> torch.Tensor:
+        """One step on batch ``idx`` (``K x rows``); returns the members' losses (``K``)."""
+        if self.graph is None or idx.shape[1] != self.idx.shape[1]:
+            return self.body(idx, draws, coef)
+        self.idx.copy_(idx)
+        if draws is not None:
+            if self.draws is None:
+                self.draws = torch.empty_like(draws)
+            self.draws.copy_(draws)
+        for name, value in coef.items():
+            if name not in self.coef:
+                self.coef[name] = torch.empty_like(value)
+            self.coef[name].copy_(value)
+        return self.graph()
+
+    def _fixed(self) -> torch.Tensor:
+        return self.body(self.idx, self.draws, self.coef)
+
+    def body(self, idx, draws, coef) -> torch.Tensor:
+        group, stack = self.group, self.group.stack
+        k, rows = idx.shape
+        x = group.prep.convert(group.train_set.images[idx.reshape(-1)])
+        if draws is not None:
+            x = group.prep.augment_with(x, draws)
+        x = x.reshape(k, rows, *x.shape[1:])
+        y = group.train_set.labels[idx]
+        losses, hits = group.train_fn(stack.params, stack.buffers, x, y)
+        stack.grad.zero_()
+        with warnings.catch_warnings():
+            # The grads are views into one K x P tensor on purpose (see _Stack).
+            warnings.filterwarnings("ignore", message="grad and param do not obey")
+            losses.sum().backward()
+        losses = losses.detach()
+        finite = torch.isfinite(losses)
+        clip = group.cfg.train.grad_clip
+        if clip is not None:
+            norms = torch.linalg.vector_norm(stack.grad, dim=1)
+            finite = finite & torch.isfinite(norms)
+            stack.grad.mul_(torch.clamp(clip / (norms + 1e-6), max=1.0)[:, None])
+        # A member whose loss is not finite takes no step and stays frozen (the trainer stops there).
+        upd = self.running & finite
+        self.step_no += 1
+        self.diverged_at.copy_(torch.where(self.running & ~finite, self.step_no, self.diverged_at))
+        self.last_finite.copy_(torch.where(upd, losses.float(), self.last_finite))
+        with torch.no_grad():
+            group.opt.step(stack.flat, stack.grad, coef, upd[:, None])
+        self.running.copy_(upd)
+        self.loss_sum += torch.where(upd, losses.double() * rows, 0.0)
+        self.correct += torch.where(upd, hits, 0)
+        return losses
+
+
 def _train_epochs(
     group: _Group,
     emit: Callback,
@@ -988,7 +987,7 @@ def _train_epochs(
     members = [m for m in group.members if m.status == "running"]
     if not members:
         return
-    k, n, bs = stack.k, len(group.train_set), cfg.train.batch_size
+    n, bs = len(group.train_set), cfg.train.batch_size
     spe, total_epochs = group.steps_per_epoch, cfg.train.epochs
     seeds = [c.train.seed for c in group.cfgs]
     running = torch.tensor([m.status == "running" for m in group.members], device=device)
@@ -999,27 +998,31 @@ def _train_epochs(
     )
     opt.steps = step
     stack.template.train()
+    stepper = _Step(group, group.use_graph)
     for epoch in range(start_epoch, total_epochs):
         t_epoch = time.perf_counter()
         b0 = start_batch if epoch == start_epoch else 0
         partial = members[0].state.partial if b0 else {}
-        loss_sum = torch.tensor(
-            [
-                float((m.state.partial or {}).get("loss_sum", 0.0)) if b0 else 0.0
-                for m in group.members
-            ],
-            device=device,
-            dtype=torch.float64,
-        )
-        correct = torch.tensor(
-            [int((m.state.partial or {}).get("correct", 0)) if b0 else 0 for m in group.members],
-            device=device,
-            dtype=torch.int64,
+        stepper.start_epoch(
+            torch.tensor(
+                [
+                    float((m.state.partial or {}).get("loss_sum", 0.0)) if b0 else 0.0
+                    for m in group.members
+                ],
+                dtype=torch.float64,
+            ),
+            torch.tensor(
+                [
+                    int((m.state.partial or {}).get("correct", 0)) if b0 else 0
+                    for m in group.members
+                ],
+                dtype=torch.int64,
+            ),
+            running,
+            step,
         )
         seen = int(partial.get("seen", 0))
         epoch_seconds = float(partial.get("seconds", 0.0))
-        last_finite = torch.full((k,), math.nan, device=device)
-        diverged_at = torch.zeros(k, device=device, dtype=torch.int64)
         step0 = step
         # Everything the epoch needs from the host goes to the device here, once.
         orders = torch.stack([epoch_order(n, s, epoch, "cpu") for s in seeds]).to(device)
@@ -1031,50 +1034,23 @@ def _train_epochs(
             dtype=torch.float64,
         )
         coefs = {
-            name: t.to(device=device, dtype=torch.float32)
+            name: t.to(device=device, dtype=torch.float32)[:, :, None]
             for name, t in opt.coefficients(lrs, step0).items()
         }
         draws = (
-            _epoch_draws(group.prep, seeds, epoch, n, bs, b0, device) if group.prep.random else None
+            epoch_draws(group.prep, seeds, epoch, n, bs, b0, device) if group.prep.random else None
         )
         try:
             for b in range(b0, spe):
                 i = b - b0
                 idx = orders[:, b * bs : (b + 1) * bs]
                 rows = idx.shape[1]
-                x = group.prep(group.train_set.images[idx.reshape(-1)])
-                if draws is not None:
-                    x = group.prep.apply(x, draws[i])
-                x = x.reshape(k, rows, *x.shape[1:])
-                y = group.train_set.labels[idx]
-                losses, hits = group.train_fn(stack.params, stack.buffers, x, y)
-                stack.grad.zero_()
-                with warnings.catch_warnings():
-                    # The grads are views into one K x P tensor on purpose (see _Stack).
-                    warnings.filterwarnings("ignore", message="grad and param do not obey")
-                    losses.sum().backward()
-                losses = losses.detach()
-                finite = torch.isfinite(losses)
-                if cfg.train.grad_clip is not None:
-                    norms = torch.linalg.vector_norm(stack.grad, dim=1)
-                    finite = finite & torch.isfinite(norms)
-                    stack.grad.mul_(
-                        torch.clamp(cfg.train.grad_clip / (norms + 1e-6), max=1.0)[:, None]
-                    )
-                # A member whose loss is not finite takes no step and stays frozen (the trainer stops there).
-                upd = running & finite
-                diverged_at = torch.where(running & ~finite, step0 + i + 1, diverged_at)
-                last_finite = torch.where(upd, losses.float(), last_finite)
-                with torch.no_grad():
-                    opt.step(
-                        stack.flat,
-                        stack.grad,
-                        {name: t[i][:, None] for name, t in coefs.items()},
-                        upd[:, None],
-                    )
-                running = upd
-                loss_sum += torch.where(upd, losses.double() * rows, 0.0)
-                correct += torch.where(upd, hits, 0)
+                losses = stepper(
+                    idx,
+                    draws[i] if draws is not None else None,
+                    {name: t[i] for name, t in coefs.items()},
+                )
+                opt.steps += 1
                 seen += rows
                 step += 1
                 for m in members:
@@ -1096,13 +1072,23 @@ def _train_epochs(
             _save_partial(
                 group,
                 members,
-                loss_sum,
-                correct,
+                stepper.loss_sum,
+                stepper.correct,
                 seen,
                 epoch_seconds + time.perf_counter() - t_epoch,
-                running,
+                stepper.running,
             )
             raise
+        loss_sum, correct, running = stepper.loss_sum, stepper.correct, stepper.running
+        failure = stepper.graph.failure if stepper.graph is not None else None
+        if failure is not None and not any("CUDA graph" in n for n in members[0].notes):
+            note = f"CUDA graph capture failed ({failure}); steps ran eagerly"
+            log.warning(note)
+            emit("note", {"text": note})
+            for m in members:
+                m.notes.append(note)
+                m.folder.log(f"note: {note}")
+        diverged_at, last_finite = stepper.diverged_at, stepper.last_finite
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - t_epoch
@@ -1163,7 +1149,7 @@ def _train_epochs(
                 if row[monitor] is not None
                 else (row["train_acc"] if monitor == "val_acc" else row["train_loss"])
             )
-            if _better(monitored, state.best_val, monitor):
+            if is_better(monitored, state.best_val, monitor):
                 state.best_val, state.best_epoch, state.bad_epochs = monitored, epoch + 1, 0
                 best = {
                     "model": stack.state_dict(j),
@@ -1175,7 +1161,7 @@ def _train_epochs(
                 state.bad_epochs += 1
             group.save_last(m)
             m.folder.write_metrics(state.rows)
-            m.folder.log(_epoch_line(row))
+            m.folder.log(epoch_line(row))
             write_summary(m, "running")
             emit(
                 "epoch",

@@ -3,10 +3,10 @@
 Reads top to bottom in the order a run happens: resolve the run folder and
 device, seed, load data onto the device, build model and optimizer, restore a
 checkpoint when resuming, then epochs of (train, evaluate, record, checkpoint).
-Metrics are accumulated on the device and read once per epoch, so the loop
-never waits on the host inside an epoch (except for the divergence check, which
-runs every ``_CHECK_EVERY`` steps on accelerators and every step on the CPU,
-where it costs nothing).
+Metrics, augmentation draws and the divergence flag live on the device; on an
+accelerator the host reads them once per epoch, so it never waits for the
+device inside an epoch (on the CPU the flag is read every step, which costs
+nothing there and stops a diverging run at once; see :mod:`cnnlab.engine.accel`).
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ from cnnlab.config import RunConfig, build_config, flatten, read_yaml
 from cnnlab.data import DataSplits
 from cnnlab.engine import checkpoint as ckpt
 from cnnlab.engine import distributed as D
-from cnnlab.engine.batches import BatchPipeline, eval_batches, train_batches
+from cnnlab.engine.accel import check_every_step, single_run_as_graph, use_channels_last
+from cnnlab.engine.batches import BatchPipeline, epoch_draws, eval_batches, train_batches
 from cnnlab.engine.inputs import (
     build_pipeline,
     input_size,
@@ -49,7 +50,6 @@ from cnnlab.models import create_model
 log = logging.getLogger("cnnlab.train")
 
 Callback = Callable[[str, dict[str, Any]], None]
-_CHECK_EVERY = 32
 _CHECKPOINT_VERSION = 1
 
 
@@ -105,10 +105,11 @@ def device_label(device: torch.device) -> str:
     return device.type
 
 
-def _autocast(cfg: RunConfig, device: torch.device):
+def autocast_for(cfg: RunConfig, device: torch.device, *, cache: bool = True):
+    """The run's autocast context; ``cache=False`` inside CUDA graphs (torch requires it there)."""
     if device.type == "cuda" and cfg.train.precision != "fp32":
         dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
+        return torch.autocast("cuda", dtype=dtype, cache_enabled=cache)
     return torch.autocast(device.type, enabled=False)
 
 
@@ -133,7 +134,7 @@ class TrainState:
         return dict(self.__dict__)
 
 
-def _better(value: float, best: float | None, monitor: str) -> bool:
+def is_better(value: float, best: float | None, monitor: str) -> bool:
     if best is None:
         return True
     return value > best if monitor == "val_acc" else value < best
@@ -246,7 +247,7 @@ def evaluate_tensors(
 # ---------------------------------------------------------------- the run
 
 
-def _prepare_run_dir(
+def prepare_run_dir(
     config: RunConfig, run_dir: Path | None, name: str | None, runs_root: Path, resume: bool
 ) -> Path:
     if run_dir is None:
@@ -325,13 +326,40 @@ def train(
         config = build_config(config)
     cfg = config
 
-    path = _prepare_run_dir(cfg, Path(run_dir) if run_dir else None, name, Path(runs_root), resume)
+    path = prepare_run_dir(cfg, Path(run_dir) if run_dir else None, name, Path(runs_root), resume)
     ctx, device = D.setup(resolve_device(cfg.train.device))
     path = Path(D.broadcast_text(str(path), ctx))
     try:
+        if _as_graph_group(cfg, ctx, device):
+            from cnnlab.engine.fused import train_group
+
+            return train_group(
+                [cfg], [path], splits=splits, callback=callback, resume=resume
+            )[0]
         return _train(cfg, path, ctx, device, resume, emit, splits, t_start)
     finally:
         D.teardown(ctx)
+
+
+def _as_graph_group(cfg: RunConfig, ctx: D.DistContext, device: torch.device) -> bool:
+    """Whether this run trains as a fused group of one, whose steps replay as CUDA graphs.
+
+    The fused engine already keeps every step's inputs in fixed device buffers,
+    which is what graph replay needs; it covers everything but multi-process
+    runs, fp16's loss scaler, TensorBoard files and a few optimizers
+    (:func:`cnnlab.engine.fused.fusable_key`). Its results equal this trainer's
+    to float rounding (tests/engine/test_fused.py); dropout masks are drawn
+    from the group's generator instead.
+    """
+    if ctx.enabled or device.type != "cuda":
+        return False
+    from cnnlab.engine.fused import fusable_key, step_macs
+
+    if fusable_key(cfg) is None:
+        return False
+    return single_run_as_graph(
+        cfg.train.cuda_graph, device, cfg.train.compile, step_macs(cfg)
+    )
 
 
 def _train(
@@ -348,14 +376,10 @@ def _train(
     if not ctx.is_main:
         emit = lambda event, info: None
     notes: list[str] = []
-    if device.type != "cuda":
-        if cfg.train.precision != "fp32":
-            notes.append(
-                f"train.precision={cfg.train.precision} needs CUDA; running fp32 on {device.type}"
-            )
-        if cfg.train.channels_last:
-            notes.append(f"train.channels_last only helps on CUDA; ignored on {device.type}")
-    channels_last = cfg.train.channels_last and device.type == "cuda"
+    if device.type != "cuda" and cfg.train.precision != "fp32":
+        notes.append(
+            f"train.precision={cfg.train.precision} needs CUDA; running fp32 on {device.type}"
+        )
 
     seed_everything(cfg.train.seed, cfg.train.deterministic)
 
@@ -372,7 +396,6 @@ def _train(
     train_set, val_set, test_set = (
         to_device(s, device) for s in (splits.train, splits.val, splits.test)
     )
-    pipeline = build_pipeline(splits, cfg.data, channels_last=channels_last)
 
     # -- model and optimizer
     model = create_model(
@@ -384,6 +407,10 @@ def _train(
     )
     init_weights(model, cfg.model.init)
     model.to(device)
+    channels_last = use_channels_last(
+        cfg.train.channels_last, model, device, cfg.train.precision
+    )
+    pipeline = build_pipeline(splits, cfg.data, channels_last=channels_last).to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg.optim)
@@ -403,7 +430,7 @@ def _train(
             )
     if cfg.train.compile:
         forward = torch.compile(forward)
-    autocast = _autocast(cfg, device)
+    autocast = autocast_for(cfg, device)
 
     folder = _make_run_folder(path, ctx)
     board = _open_tensorboard(cfg, path, notes) if ctx.is_main else None
@@ -490,18 +517,23 @@ def _train(
         if ctx.is_main:
             ckpt.save_checkpoint(checkpoint_state(), folder.checkpoints / "last.pt")
 
+    last_epoch = total_epochs
     if state.epoch >= total_epochs or (
         cfg.train.patience and state.bad_epochs >= cfg.train.patience
     ):
-        final = Run.load(path)
-        return final
+        done = Run.load(path)
+        if done.summary.get("status") in ("completed", "diverged"):
+            return done
+        # Stopped after the last epoch's checkpoint and before the summary:
+        # no epoch left to train, the run is only finished (test, curves, summary).
+        last_epoch = state.epoch
 
     folder.write_summary(summary("running"))
     model.train()
     status = "completed"
     diverged: dict[str, Any] | None = None
     try:
-        for epoch in range(state.epoch, total_epochs):
+        for epoch in range(state.epoch, last_epoch):
             t_epoch = time.perf_counter()
             p = state.partial or {}
             loss_sum = torch.tensor(p.get("loss_sum", 0.0), device=device, dtype=torch.float64)
@@ -510,20 +542,37 @@ def _train(
             epoch_seconds = float(p.get("seconds", 0.0))
             nonfinite = torch.zeros((), device=device, dtype=torch.bool)
             last_finite = torch.tensor(math.nan, device=device)
-            check_every = 1 if device.type == "cpu" else _CHECK_EVERY
+            first_bad = torch.zeros((), device=device, dtype=torch.int64)  # 1-based step, 0 = none
+            every_step = check_every_step(device)
             lr = optimizer.param_groups[0]["lr"]
-            for b, xb, yb, g in train_batches(
+            start_batch = state.batch
+            draws = (
+                epoch_draws(
+                    pipeline,
+                    [cfg.train.seed],
+                    epoch,
+                    len(train_set),
+                    cfg.train.batch_size,
+                    start_batch,
+                    device,
+                )
+                if pipeline.random
+                else None
+            )
+            for b, xb, yb, _g in train_batches(
                 train_set.images,
                 train_set.labels,
                 batch_size=cfg.train.batch_size,
                 seed=cfg.train.seed,
                 epoch=epoch,
-                start_batch=state.batch,
+                start_batch=start_batch,
             ):
                 lr = lr_at(cfg.schedule, cfg.optim.lr, state.step, steps_per_epoch, total_epochs)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                x = pipeline(xb, g, train=True)
+                x = pipeline(
+                    xb, train=True, draws=draws[b - start_batch] if draws is not None else None
+                )
                 n_global = len(yb)
                 if ctx.enabled:
                     x, yb = D.shard(x, ctx), D.shard(yb, ctx)
@@ -542,22 +591,21 @@ def _train(
                     scaler.unscale_(optimizer)
                     norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
                     finite = finite & torch.isfinite(norm)
+                # Up to the first non-finite step, remember the last finite loss and that
+                # step; later steps (on accelerators, the rest of the epoch) change neither.
+                fresh = ~finite & ~nonfinite
+                first_bad = torch.where(fresh, state.step + 1, first_bad)
+                last_finite = torch.where(
+                    finite & ~nonfinite, loss.detach().float(), last_finite
+                )
                 nonfinite |= ~finite
-                last_finite = torch.where(finite, loss.detach().float(), last_finite)
-                if (b + 1) % check_every == 0 or b + 1 == steps_per_epoch:
+                if every_step or b + 1 == steps_per_epoch:
                     if ctx.enabled:
                         flag = nonfinite.to(torch.int32)
                         D.all_reduce_sum(flag)
                         nonfinite = flag > 0
                     if nonfinite.item():
-                        diverged = {
-                            "epoch": epoch + 1,
-                            "step": state.step + 1,
-                            "last_finite_loss": None
-                            if math.isnan(last_finite.item())
-                            else last_finite.item(),
-                            "lr": lr,
-                        }
+                        diverged = _divergence(cfg, epoch, first_bad, last_finite, state, steps_per_epoch)
                         break
                 scaler.step(optimizer)
                 scaler.update()
@@ -634,7 +682,7 @@ def _train(
                 if row[cfg.train.monitor] is not None
                 else (row["train_acc"] if cfg.train.monitor == "val_acc" else row["train_loss"])
             )
-            if _better(monitored, state.best_val, cfg.train.monitor):
+            if is_better(monitored, state.best_val, cfg.train.monitor):
                 state.best_val, state.best_epoch, state.bad_epochs = monitored, epoch + 1, 0
                 if ctx.is_main:
                     ckpt.save_checkpoint(
@@ -650,7 +698,7 @@ def _train(
                 state.bad_epochs += 1
             save_last()
             folder.write_metrics(state.rows)
-            folder.log(_epoch_line(row))
+            folder.log(epoch_line(row))
             folder.write_summary(summary("running"))
             if board is not None:
                 for key, value in row.items():
@@ -713,12 +761,39 @@ def _train(
         }
         board.add_hparams(hparams, metrics, run_name=".")
         board.close()
-    folder.write_summary(final)
     folder.write_metrics(state.rows)
     folder.write_curves(state.rows, title=path.name)
     folder.log(summary_line(final))
+    # Last: a finished summary.json marks the whole folder finished (a study
+    # reuses such a folder as it is, so nothing may be missing after it).
+    folder.write_summary(final)
     emit("end", {"summary": final, "path": path})
     return Run(path=path, config=cfg, summary=final)
+
+
+def _divergence(
+    cfg: RunConfig,
+    epoch: int,
+    first_bad: torch.Tensor,
+    last_finite: torch.Tensor,
+    state: TrainState,
+    steps_per_epoch: int,
+) -> dict[str, Any]:
+    """The ``diverged`` record of summary.json, from the device-side bookkeeping.
+
+    The step and lr are those of the first non-finite loss; where the flag was
+    read only at the epoch end, later steps ran on non-finite weights and are
+    not counted.
+    """
+    step = int(first_bad.item()) or state.step + 1
+    state.step = step - 1
+    finite = last_finite.item()
+    return {
+        "epoch": epoch + 1,
+        "step": step,
+        "last_finite_loss": None if math.isnan(finite) else finite,
+        "lr": lr_at(cfg.schedule, cfg.optim.lr, step - 1, steps_per_epoch, cfg.train.epochs),
+    }
 
 
 def _open_tensorboard(cfg: RunConfig, path: Path, notes: list[str]):
@@ -736,7 +811,7 @@ def _open_tensorboard(cfg: RunConfig, path: Path, notes: list[str]):
     return SummaryWriter(log_dir=str(path / "tensorboard"))
 
 
-def _epoch_line(row: Mapping[str, Any]) -> str:
+def epoch_line(row: Mapping[str, Any]) -> str:
     parts = [f"epoch {row['epoch']}"]
     for key in ("train_loss", "train_acc", "val_loss", "val_acc", "test_acc"):
         if row.get(key) is not None:

@@ -1,0 +1,158 @@
+"""How a run uses its device: memory format and how often the host waits for it.
+
+Each rule here was chosen by measurement (docs/benchmarks.md has the numbers):
+
+- **channels_last.** oneDNN's convolutions and pooling run NHWC batches much
+  faster than NCHW on a CPU: classic LeNet-5 trains 1.5-1.95x faster on the
+  2-core development machine, with a bitwise-equal loss. On CUDA the gain comes
+  with reduced precision (tensor-core convolutions want NHWC: issue 6 measured
+  ResNet-18 at 19,800 img/s in fp32 NCHW against 46,500 img/s with bf16 +
+  channels_last on an H100), so ``auto`` turns it on there only for bf16/fp16.
+  Networks without convolutions (the MLP) gain nothing and keep NCHW.
+- **Host synchronisation.** Reading a device value (``.item()``) makes the host
+  wait for the GPU, which leaves it idle while Python prepares the next step. On
+  an accelerator the divergence flag is read once per epoch; on the CPU reading
+  it is free, so it is read every step and a diverging run stops at once.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+ChannelsLast = bool | Literal["auto"]
+
+
+def has_convolutions(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
+
+
+def use_channels_last(
+    setting: ChannelsLast, model: nn.Module, device: torch.device, precision: str
+) -> bool:
+    """Whether to run ``model`` with channels_last weights and batches.
+
+    ``True``/``False`` are obeyed (on every device type, MPS included); ``auto``
+    means: convolutional networks on the CPU, and on CUDA with bf16 or fp16.
+    """
+    if setting != "auto":
+        return bool(setting)
+    if not has_convolutions(model):
+        return False
+    if device.type == "cpu":
+        return True
+    return device.type == "cuda" and precision in ("bf16", "fp16")
+
+
+def check_every_step(device: torch.device) -> bool:
+    """Whether the divergence flag is read after every step (else once per epoch)."""
+    return device.type == "cpu"
+
+
+# ---------------------------------------------------------------- CUDA graphs
+#
+# A small network's training step is dozens of kernels of a few microseconds
+# each; launched one by one from Python the GPU waits for the host most of the
+# time (issue 6: 2.5 ms per LeNet-5 step with a naive resident loop on an H100,
+# where the arithmetic takes a fraction of that). A CUDA graph records the
+# whole step (forward, backward, optimizer, metric sums) once and replays it
+# with one launch. Replays read and write fixed memory, so everything a step
+# takes in (batch indices, augmentation draws, learning rates) is copied into
+# fixed buffers first and everything it produces is accumulated in place.
+
+
+def use_cuda_graph(setting: bool | Literal["auto"], device: torch.device, compiled: bool) -> bool:
+    """Whether fused groups (and single runs on CUDA, as groups of one) replay steps as graphs.
+
+    ``auto`` means on CUDA unless the step is already compiled (torch.compile
+    manages its own graphs); ``True`` on another device is ignored with a note.
+    """
+    if device.type != "cuda":
+        return False
+    return (not compiled) if setting == "auto" else bool(setting)
+
+
+#: Work per step (multiply-accumulates of one batch's forward pass) up to which a single
+#: run on CUDA trains as a fused group of one with graph replay. LeNet-5 at batch 256 is
+#: 0.1 G: launches dominate. ResNet-18 (small stem, 32x32) at batch 256 is 143 G: the
+#: arithmetic keeps an H100 busy, and the eager trainer's channels_last + bf16 path
+#: (which a fused group cannot use) is what makes it fast.
+GRAPH_MAX_STEP_MACS = 10 * 10**9
+
+
+def single_run_as_graph(
+    setting: bool | Literal["auto"], device: torch.device, compiled: bool, macs: int
+) -> bool:
+    """Whether a single run replays its steps as CUDA graphs (as a fused group of one).
+
+    ``auto``: on CUDA for small steps (:data:`GRAPH_MAX_STEP_MACS`); ``True``: on CUDA always.
+    """
+    if not use_cuda_graph(setting, device, compiled):
+        return False
+    return setting is True or macs <= GRAPH_MAX_STEP_MACS
+
+
+class CudaGraphStep:
+    """Run a step function eagerly a few times, then capture it once and replay it.
+
+    ``step()`` must take its inputs from buffers that the caller refills before
+    every call and keep its results in tensors that live as long as this object.
+    The warm-up calls run on a side stream, as torch requires before capture
+    (lazy initialisation, cuDNN workspaces, autograd's accumulators); they are
+    real training steps. If capture fails (an operation that cannot be
+    recorded), the step runs eagerly from then on and :attr:`failure` says why.
+    """
+
+    warmup = 3
+
+    def __init__(self, step, device: torch.device) -> None:
+        self.step = step
+        self.device = device
+        self.calls = 0
+        self.graph = None
+        self.out = None
+        self.failure: str | None = None
+
+    def __call__(self):
+        self.calls += 1
+        if self.failure is not None:
+            return self.step()
+        if self.graph is not None:
+            self.graph.replay()
+            return self.out
+        if self.calls <= self.warmup:
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                out = self.step()
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            return out
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                out = self.step()
+        except RuntimeError as exc:
+            # Nothing ran during the failed capture: run this step eagerly.
+            self.failure = " ".join(str(exc).split())[:200]
+            return self.step()
+        self.graph, self.out = graph, out
+        graph.replay()  # capture records the step without running it
+        return out
+
+
+class EagerGraphStep(CudaGraphStep):
+    """CudaGraphStep's contract without CUDA: calls the step on the fixed buffers every time.
+
+    Used by the tests on the CPU, so the discipline a graph needs (inputs only
+    through buffers, results accumulated in place) is checked where no GPU is.
+    """
+
+    def __call__(self):
+        self.calls += 1
+        return self.step()
+
+
+#: What fused groups use to replay steps on CUDA (tests put EagerGraphStep here).
+GRAPH_STEP: dict[str, type[CudaGraphStep]] = {"cuda": CudaGraphStep}
