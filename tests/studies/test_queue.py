@@ -288,3 +288,29 @@ def test_sqlite_on_a_network_file_system_warns(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert warn_if_network_filesystem(Path("/tmp/study.db"), mounts) is None
+
+
+def test_a_finished_run_a_dead_worker_never_reported_is_recorded_not_lost(tmp_path):
+    # The worker wrote the run's summary and was killed before reporting it (a
+    # fused group writes all its summaries first), more often than the retry
+    # budget allows: the reaper gives the trial up, but the folder holds the result.
+    spec = spec_from_dict(tiny_spec(repeats=1, vary={}, max_retries=0))
+    folder = StudyFolder.at(tmp_path, spec.name)
+    folder.create()
+    folder.write_spec(spec)
+    queue = open_queue(spec, folder, None, create=True)
+    (plan,) = expand(spec)
+    StudyRunner(spec=spec, folder=folder, queue=queue).prepare([plan])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lease = queue.pop(Owner(Owner.me().host, dead.pid, "gone"))
+    folder.run_dir(plan.key).mkdir(parents=True)
+    FakeTrainer()(plan, folder.run_dir(plan.key))
+    assert queue.reap() == 1
+    assert queue.counts()["WAITING"] == 0, "the retry budget was meant to be spent"
+
+    trainer = FakeTrainer()
+    _, status = _run(tmp_path, tiny_spec(repeats=1, vary={}, max_retries=0), trainer)
+    assert status.done == status.total == 1 and not trainer.calls  # reported, not retrained
+    states = [t.state.name for t in _trials_by_key(tmp_path, spec)[lease.key]]
+    assert sorted(states) == ["COMPLETE", "FAIL"]

@@ -46,6 +46,14 @@ ThreadsOpt = Annotated[
     int | None,
     typer.Option("--threads", min=1, help="torch threads per worker (default: cores / workers)"),
 ]
+FuseOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--fuse",
+        help="auto: train runs that differ only in seed/lr/momentum/weight decay as fused groups; "
+        "off: one run at a time (default: the spec's fuse, auto)",
+    ),
+]
 HeartbeatOpt = Annotated[
     int,
     typer.Option(
@@ -70,8 +78,9 @@ class StudyProgress:
             handler(info)
 
     def _on_open(self, info: dict[str, Any]) -> None:
+        fuse = f", fuse {info['fuse']}" if info.get("fuse") else ""
         typer.echo(
-            f"study folder {info['folder']}  (storage {info['storage']}, {info['workers']} worker(s))"
+            f"study folder {info['folder']}  (storage {info['storage']}, {info['workers']} worker(s){fuse})"
         )
 
     def _on_note(self, info: dict[str, Any]) -> None:
@@ -95,6 +104,9 @@ class StudyProgress:
         self.done += 1
         where = f"[{self.done}/{self.total}]" if self.total else f"[{self.done}]"
         how = "from curves" if plan.derived_from else f"{info.get('seconds', 0):.1f}s"
+        group = (summary.get("fused") or {}).get("group_size") or 1
+        if not plan.derived_from and group > 1:
+            how += f", fused group of {group}"
         typer.echo(f"{where} {plan.variant} #{plan.repeat}: {summary_line(summary)} ({how})")
 
     def _on_retry(self, info: dict[str, Any]) -> None:
@@ -125,11 +137,15 @@ def _run_one_study(
     device,
     heartbeat: int,
     threads: int | None = None,
+    fuse: str | None = None,
     dry_run: bool = False,
 ):
     from cnnlab.studies.runner import describe_plans, run_study
     from cnnlab.studies.spec import expand
+    from cnnlab.studies.worker import fuse_mode
 
+    if fuse is not None:
+        fuse = fuse_mode(fuse, what="--fuse")
     plans = expand(spec)
     info = describe_plans(plans)
     typer.echo(
@@ -151,6 +167,7 @@ def _run_one_study(
             on_event=progress,
             heartbeat_interval=heartbeat,
             threads=threads,
+            fuse=fuse,
         )
     except KeyboardInterrupt:
         typer.echo(f"interrupted; run the same command again to finish study {spec.name}", err=True)
@@ -179,6 +196,7 @@ def run_cmd(
     ] = False,
     heartbeat: HeartbeatOpt = 10,
     threads: ThreadsOpt = None,
+    fuse: FuseOpt = None,
     dry_run: DryRunOpt = False,
 ) -> None:
     """Run a study, or finish an interrupted one (only missing runs are trained)."""
@@ -193,6 +211,7 @@ def run_cmd(
         device=device,
         heartbeat=heartbeat,
         threads=threads,
+        fuse=fuse,
         dry_run=dry_run,
     )
     if status is not None:
@@ -220,6 +239,7 @@ def worker_cmd(
         int | None, typer.Option("--threads", min=1, help="torch threads for this worker")
     ] = None,
     heartbeat: HeartbeatOpt = 10,
+    fuse: FuseOpt = None,
 ) -> None:
     """Join a running study as one more worker (from another shell or machine)."""
     import logging
@@ -238,6 +258,7 @@ def worker_cmd(
             threads=threads,
             heartbeat_interval=heartbeat,
             on_event=progress,
+            fuse=fuse,
         )
     except KeyboardInterrupt:
         typer.echo(
@@ -326,9 +347,14 @@ def combine_cmd(
     root: RootOpt = Path("studies"),
     heartbeat: HeartbeatOpt = 10,
     threads: ThreadsOpt = None,
+    fuse: FuseOpt = None,
 ) -> None:
     """Queue and run the variant taking each factor's best value (with repeats)."""
     from cnnlab.studies.runner import combine_study
+    from cnnlab.studies.worker import fuse_mode
+
+    if fuse is not None:
+        fuse = fuse_mode(fuse, what="--fuse")
 
     progress = StudyProgress()
     try:
@@ -341,6 +367,7 @@ def combine_cmd(
             on_event=progress,
             heartbeat_interval=heartbeat,
             threads=threads,
+            fuse=fuse,
         )
     except KeyboardInterrupt:
         typer.echo(f"interrupted; run the same command again to finish combining {name}", err=True)
@@ -394,6 +421,7 @@ def recipes_run(
     device: DeviceOpt = None,
     heartbeat: HeartbeatOpt = 10,
     threads: ThreadsOpt = None,
+    fuse: FuseOpt = None,
     report: Annotated[
         bool, typer.Option("--report/--no-report", help="write each study's report at the end")
     ] = True,
@@ -413,6 +441,7 @@ def recipes_run(
             device=device,
             heartbeat=heartbeat,
             threads=threads,
+            fuse=fuse,
             dry_run=dry_run,
         )
         if report and status is not None:

@@ -29,7 +29,7 @@ import threading
 import time
 import uuid
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -115,7 +115,9 @@ def sqlite_path(url: str) -> Path | None:
     return Path(db) if db and db != ":memory:" else None
 
 
-NETWORK_FILESYSTEMS = frozenset({"nfs", "nfs4", "cifs", "smb", "smb2", "smb3", "smbfs", "afs", "9p", "fuse.sshfs"})
+NETWORK_FILESYSTEMS = frozenset(
+    {"nfs", "nfs4", "cifs", "smb", "smb2", "smb3", "smbfs", "afs", "9p", "fuse.sshfs"}
+)
 
 
 def filesystem_type(path: Path, mounts: str | None = None) -> str | None:
@@ -275,6 +277,11 @@ class KeyState:
     @property
     def active(self) -> bool:
         return self.waiting + self.running > 0
+
+    @property
+    def reported(self) -> bool:
+        """Whether a trial of this key holds a result (complete, or pruned as diverged)."""
+        return any(s in ("COMPLETE", "PRUNED") for s in self.states)
 
 
 class StudyQueue:
@@ -462,16 +469,28 @@ class StudyQueue:
         with contextlib.suppress(Exception):
             storage.record_heartbeat(trial._trial_id)
 
-    @contextlib.contextmanager
-    def heartbeat(self, lease: Lease) -> Iterator[None]:
+    def heartbeat(self, lease: Lease) -> contextlib.AbstractContextManager[None]:
         """Record heartbeats for the lease's trial while the block runs."""
+        return self.heartbeats(lambda: (lease,), name=f"heartbeat-{lease.key}")
+
+    @contextlib.contextmanager
+    def heartbeats(
+        self, held: Callable[[], Iterable[Lease]], *, name: str = "heartbeats"
+    ) -> Iterator[None]:
+        """Record heartbeats for every lease ``held()`` returns, while the block runs.
+
+        One thread serves a worker that holds several runs at once (a fused
+        group, and the run popped after it that starts the next group); ``held``
+        is asked again at each beat, so leases taken or closed meanwhile count.
+        """
         stop = threading.Event()
 
         def beat() -> None:
             while not stop.wait(self.heartbeat_interval):
-                self.record_heartbeat(lease.trial)
+                for lease in list(held()):
+                    self.record_heartbeat(lease.trial)
 
-        thread = threading.Thread(target=beat, name=f"heartbeat-{lease.key}", daemon=True)
+        thread = threading.Thread(target=beat, name=name, daemon=True)
         thread.start()
         try:
             yield
@@ -580,12 +599,19 @@ class StudyQueue:
         self._tell(trial, state=TrialState.FAIL)
         return requeued
 
-    def release(self, lease: Lease, outcome: str) -> None:
-        """Give a run back untouched (interrupted, or already being trained elsewhere)."""
+    def release(self, lease: Lease, outcome: str, *, requeue: bool | None = None) -> None:
+        """Give a run back untouched.
+
+        Args:
+            lease: the popped run.
+            outcome: why, recorded on the trial ("interrupted", "duplicate", "returned").
+            requeue: queue the run again, without counting a retry; by default only
+                when ``outcome`` is "interrupted" (a duplicate has its other trial).
+        """
         from optuna.trial import TrialState
 
         lease.trial.set_user_attr("outcome", outcome)
-        if outcome == "interrupted":
+        if requeue if requeue is not None else outcome == "interrupted":
             frozen = self._storage.get_trial(lease.trial._trial_id)
             self._requeue(frozen, count=False)
         self._tell(lease.trial, state=TrialState.FAIL)

@@ -7,6 +7,11 @@ enqueues every run that is neither finished nor queued, and then works the
 queue with local workers (in this process for one worker, ``cnnlab study
 worker`` subprocesses for more). Re-running it after a crash, a kill or a
 spec change therefore trains exactly what is missing.
+
+With ``fuse: auto`` runs that can train as one fused group (equal configs but
+for seed, lr, momentum and weight decay) are enqueued next to each other, so a
+worker popping in order fills whole groups. :func:`default_workers` picks one
+worker per GPU when runs fuse and several when they do not.
 """
 
 from __future__ import annotations
@@ -18,10 +23,10 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from cnnlab.errors import StudyError
 from cnnlab.studies.derive import source_ready, write_derived
@@ -34,7 +39,7 @@ from cnnlab.studies.folder import (
     sync_archive,
     write_json,
 )
-from cnnlab.studies.queue import DEFAULT_HEARTBEAT, StudyQueue, describe_url
+from cnnlab.studies.queue import DEFAULT_HEARTBEAT, KeyState, StudyQueue, describe_url
 from cnnlab.studies.spec import (
     RunPlan,
     StudySpec,
@@ -45,8 +50,21 @@ from cnnlab.studies.spec import (
     metric_direction,
     metric_value,
     run_key,
+    trained_plans,
 )
-from cnnlab.studies.worker import EventFn, RunFn, Worker, set_threads, train_plan
+from cnnlab.studies.worker import (
+    EventFn,
+    FuseMode,
+    Fusing,
+    RunFn,
+    Worker,
+    fuse_key,
+    fuse_mode,
+    fuse_order,
+    set_threads,
+    train_plan,
+    with_device,
+)
 
 log = logging.getLogger("cnnlab.studies")
 
@@ -258,17 +276,167 @@ def current_plans(spec: StudySpec, folder: StudyFolder) -> list[RunPlan]:
 # -- running ---------------------------------------------------------------------------
 
 
-def default_workers(device: str | None) -> int:
-    """One worker per GPU; on CPU one per two cores."""
+def study_fusing(
+    mode: FuseMode, fusing: Fusing | None = None, run_fn: RunFn = train_plan
+) -> Fusing | None:
+    """The fusing policy a study's workers use, or None when they train runs one by one.
+
+    ``fuse: off`` turns it off. So does a replaced single-run step (``run_fn``)
+    given without a ``fusing`` of its own: the caller wants every run to go
+    through that step, and a fused group would not.
+    """
+    if mode == "off":
+        return None
+    if fusing is not None:
+        return fusing
+    return Fusing() if run_fn is train_plan else None
+
+
+MAX_WORKERS_PER_GPU = 4
+# What each worker process adds on a GPU besides its runs: the CUDA context,
+# cuDNN workspaces and the caching allocator's slack.
+PROCESS_OVERHEAD_BYTES = 1 << 30
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """What the default worker count depends on."""
+
+    kind: Literal["cpu", "cuda"]
+    cores: int
+    gpus: int = 0  # GPUs the workers spread over
+    free_bytes: int | None = None  # free memory of the fullest of them
+
+
+def workers_for(info: DeviceInfo, *, fuses: bool, member_bytes: int | None = None) -> int:
+    """The default number of local workers.
+
+    On a CPU, one per two cores. On GPUs, a fused group keeps its GPU busy, so
+    one worker per GPU; a single small run leaves it mostly idle, waiting on
+    the host between kernels, so runs that do not fuse get up to
+    :data:`MAX_WORKERS_PER_GPU` workers per GPU: as many as its free memory holds
+    (``member_bytes`` per run plus :data:`PROCESS_OVERHEAD_BYTES` per process)
+    and no more than there are CPU cores to drive them.
+    """
+    if info.kind != "cuda" or info.gpus < 1:
+        return max(1, info.cores // 2)
+    if fuses:
+        return info.gpus
+    per_gpu = MAX_WORKERS_PER_GPU
+    if info.free_bytes is not None and member_bytes:
+        per_gpu = min(per_gpu, info.free_bytes // (member_bytes + PROCESS_OVERHEAD_BYTES))
+    per_gpu = min(per_gpu, info.cores // info.gpus)
+    return info.gpus * max(1, per_gpu)
+
+
+def fused_share(keys: Sequence[Hashable | None], size_of: Callable[[Hashable], int]) -> float:
+    """The fraction of runs that would train in fused groups of two or more.
+
+    ``keys`` are the runs' fusable keys (None: cannot fuse); ``size_of(key)`` is
+    the group size the device allows for that key.
+    """
+    counts = Counter(k for k in keys if k is not None)
+    fused = sum(n for k, n in counts.items() if n > 1 and size_of(k) > 1)
+    return fused / len(keys) if keys else 0.0
+
+
+def probe_device(device: str | None) -> DeviceInfo:
+    """The device the workers will use: CPU, or the GPUs ``device`` names and their free memory."""
     import torch
 
-    if (
-        device not in ("cpu",)
-        and torch.cuda.is_available()
-        and (device or "auto").startswith(("auto", "cuda"))
-    ):
-        return 1 if (device or "").startswith("cuda:") else max(1, torch.cuda.device_count())
-    return max(1, (os.cpu_count() or 2) // 2)
+    cores = os.cpu_count() or 2
+    text = device or "auto"
+    if text == "cpu" or not text.startswith(("auto", "cuda")) or not torch.cuda.is_available():
+        return DeviceInfo("cpu", cores)
+    if text.startswith("cuda:"):
+        ids = [int(text.split(":", 1)[1])]
+    else:
+        ids = list(range(torch.cuda.device_count()))
+    free = min(int(torch.cuda.mem_get_info(i)[0]) for i in ids)
+    return DeviceInfo("cuda", cores, len(ids), free)
+
+
+def _input_shape(config: Any) -> tuple[int, int, int]:
+    # The data is not loaded here: the model's designed input, or data.resize
+    # (the same fallback as group_size_for without splits).
+    from cnnlab.models import default_in_channels, default_input_size
+
+    size = (
+        (config.data.resize,) * 2
+        if config.data.resize
+        else (default_input_size(config.model.name) or (28, 28))
+    )
+    return (default_in_channels(config.model.name), *size)
+
+
+def _engine_group_size(config: Any, free_bytes: int) -> int:
+    from cnnlab.engine.fused import group_size_for
+
+    return group_size_for(config, free_bytes=free_bytes)
+
+
+def _member_bytes(config: Any) -> int:
+    from cnnlab.engine.fused import member_bytes
+
+    return member_bytes(config, _input_shape(config))
+
+
+def default_workers(
+    device: str | None,
+    plans: Sequence[RunPlan] = (),
+    fusing: Fusing | None = None,
+    *,
+    info: DeviceInfo | None = None,
+    group_size: Callable[[Any, int], int] = _engine_group_size,
+) -> int:
+    """The default worker count for ``plans`` on ``device`` (see :func:`workers_for`).
+
+    Runs "fuse" when at least half of them would train in groups of two or more.
+
+    Args:
+        device: the study's device override (None: each run's own, ``auto`` by default).
+        plans: the runs to train; they decide whether runs fuse and how big one is.
+        fusing: how runs fuse (None: they do not).
+        info: the device (default: :func:`probe_device`); tests pass a made-up one.
+        group_size: ``(config, free bytes) -> runs per fused group`` on the GPU
+            (default: the engine's memory estimate).
+    """
+    info = info or probe_device(device)
+    if info.kind != "cuda":
+        return workers_for(info, fuses=False)
+    configs = [with_device(p.config, device) for p in plans]
+    budget = int((info.free_bytes or 0) * 0.8)
+    if fusing is not None and configs:
+        keys = [fusing.key(c) for c in configs]
+        example = {k: c for k, c in zip(keys, configs) if k is not None}
+        sizes: dict[Hashable, int] = {}
+
+        def size_of(key: Hashable) -> int:
+            if key not in sizes:
+                sizes[key] = group_size(example[key], budget)
+            return sizes[key]
+
+        if fused_share(keys, size_of) >= 0.5:
+            return workers_for(info, fuses=True)
+    # The biggest run sets how many fit. Runs that differ only in seed, lr or weight
+    # decay take the same memory, so one of each fusable key (and momentum or not) is measured.
+    distinct = {(fuse_key(c) or run_key(c), c.optim.momentum != 0): c for c in configs}
+    biggest = max((_member_bytes(c) for c in distinct.values()), default=None)
+    return workers_for(info, fuses=False, member_bytes=biggest)
+
+
+def _unreported(qs: KeyState | None) -> bool:
+    """A finished run folder whose result never reached the queue.
+
+    A worker killed after the trainer wrote a run's summary and before it
+    reported the run (plots and checkpoints come in between; a fused group
+    writes all its summaries first) leaves the folder finished and the trial
+    failed by the reaper, requeued or, once its retries are spent, not. Such a
+    run is queued again (or its waiting trial kept) so a worker records the
+    folder's result without training ("reused"); otherwise the store would
+    never hold it.
+    """
+    return qs is not None and not qs.reported
 
 
 @dataclass
@@ -281,6 +449,7 @@ class StudyRunner:
     workers: int = 1
     device: str | None = None
     run_fn: RunFn = train_plan
+    fusing: Fusing | None = None
     on_event: EventFn | None = None
     heartbeat_interval: int = DEFAULT_HEARTBEAT
     poll_seconds: float = 2.0
@@ -290,6 +459,15 @@ class StudyRunner:
     def emit(self, event: str, info: dict[str, Any]) -> None:
         if self.on_event is not None:
             self.on_event(event, info)
+
+    def active_fusing(self) -> Fusing | None:
+        """How this study fuses runs, or None when it does not.
+
+        Off when the spec says ``fuse: off``; also when a caller replaced the
+        single-run step (``run_fn``) without saying how groups train, because a
+        fused group would not go through that step.
+        """
+        return study_fusing(self.spec.fuse, self.fusing, self.run_fn)
 
     def prepare(self, plans: list[RunPlan]) -> int:
         """Bring folder and queue in line with ``plans``; returns the number of runs queued or running."""
@@ -311,13 +489,14 @@ class StudyRunner:
         self.answer_derived(plans)
         states = self.queue.key_states()
         active = 0
+        todo: list[tuple[RunPlan, bool]] = []
         for plan in plans:
             if plan.derived_from is not None:
                 continue
             summary = read_summary(self.folder.run_dir(plan.key)) or {}
-            if summary.get("status") in FINISHED:
-                continue
             qs = states.get(plan.key)
+            if summary.get("status") in FINISHED and not _unreported(qs):
+                continue
             if qs is not None and qs.active:
                 active += 1
                 continue
@@ -325,10 +504,20 @@ class StudyRunner:
                 continue  # retried max_retries times in this invocation already
             if self._enqueued[plan.key] >= 2:
                 continue
-            self.queue.enqueue(plan, again=qs is not None)
+            todo.append((plan, qs is not None))
+        again = {plan.key: a for plan, a in todo}
+        for plan in self.enqueue_order([plan for plan, _ in todo]):
+            self.queue.enqueue(plan, again=again[plan.key])
             self._enqueued[plan.key] += 1
             active += 1
         return active
+
+    def enqueue_order(self, plans: list[RunPlan]) -> list[RunPlan]:
+        """The plans in the order to enqueue them: fusable runs adjacent when fusing."""
+        fusing = self.active_fusing()
+        if fusing is None:
+            return plans
+        return fuse_order(plans, lambda p: fusing.key(with_device(p.config, self.device)))
 
     def answer_derived(self, plans: list[RunPlan]) -> int:
         return answer_derived(self.folder, plans)
@@ -376,6 +565,7 @@ class StudyRunner:
                 self.folder,
                 metric=self.spec.metric,
                 run_fn=self.run_fn,
+                fusing=self.active_fusing(),
                 device=self.device,
                 on_event=self.on_event,
                 poll_seconds=self.poll_seconds,
@@ -398,6 +588,7 @@ class StudyRunner:
                 "--storage", self.queue.url, "--name", self.spec.name,
                 "--study-dir", str(self.folder.path),
                 "--threads", str(threads), "--heartbeat", str(self.heartbeat_interval),
+                "--fuse", self.spec.fuse,
             ]  # fmt: skip
             if devices[i]:
                 cmd += ["--device", devices[i]]
@@ -470,7 +661,9 @@ def run_study(
     storage: str | None = None,
     workers: int | None = None,
     device: str | None = None,
+    fuse: str | None = None,
     run_fn: RunFn = train_plan,
+    fusing: Fusing | None = None,
     on_event: EventFn | None = None,
     heartbeat_interval: int = DEFAULT_HEARTBEAT,
     poll_seconds: float = 2.0,
@@ -482,22 +675,32 @@ def run_study(
         spec: the study spec (see :mod:`cnnlab.studies.spec`).
         root: folder holding study folders; the study lives in ``root/NAME``.
         storage: optuna storage URL; default ``sqlite:///root/NAME/study.db``.
-        workers: local worker processes; default the spec's ``workers``, else one
-            per GPU, or on CPU one per two cores.
+        workers: local worker processes; default the spec's ``workers``, else
+            :func:`default_workers` (on GPUs one per GPU when runs fuse, up to four
+            per GPU when they do not; on CPU one per two cores).
         device: overrides ``train.device`` of every run (``cpu``, ``cuda``, ``cuda:1``).
-        run_fn: the "train one run" step (tests and fused runners replace it);
-            only used by the in-process worker (``workers=1``).
+        fuse: ``auto`` or ``off``; overrides the spec's ``fuse`` (and is stored with it).
+        run_fn: the "train one run" step (tests replace it); only used by the
+            in-process worker (``workers=1``).
+        fusing: how fused groups form and train (tests replace it); see
+            :func:`study_fusing` for when runs fuse.
         on_event: progress callback ``(event, info)``.
         threads: torch threads per worker; default the machine's cores divided
             among the workers. On a busy or small CPU, 1 is often much faster
             for small models.
     """
+    if fuse is not None:
+        spec = spec.model_copy(update={"fuse": fuse_mode(fuse)})
     folder = StudyFolder.at(root, spec.name)
     folder.create()
     folder.write_spec(spec)
     queue = open_queue(spec, folder, storage, create=True, heartbeat_interval=heartbeat_interval)
     queue.set_info(spec=spec.to_yaml_dict(), study_dir=str(folder.path))
-    n = workers or spec.workers or default_workers(device)
+    n = workers or spec.workers
+    if not n:
+        n = default_workers(
+            device, trained_plans(expand(spec)), study_fusing(spec.fuse, fusing, run_fn)
+        )
     if n <= 1:
         set_threads(threads or os.cpu_count() or 1)
     runner = StudyRunner(
@@ -507,12 +710,21 @@ def run_study(
         workers=n,
         device=device,
         run_fn=run_fn,
+        fusing=fusing,
         on_event=on_event,
         heartbeat_interval=heartbeat_interval,
         poll_seconds=poll_seconds,
         threads=threads,
     )
-    runner.emit("open", {"folder": folder.path, "storage": describe_url(queue.url), "workers": n})
+    runner.emit(
+        "open",
+        {
+            "folder": folder.path,
+            "storage": describe_url(queue.url),
+            "workers": n,
+            "fuse": spec.fuse,
+        },
+    )
     return runner.run()
 
 
@@ -526,14 +738,18 @@ def run_worker(
     threads: int | None = None,
     heartbeat_interval: int = DEFAULT_HEARTBEAT,
     on_event: EventFn | None = None,
+    fuse: str | None = None,
     run_fn: RunFn = train_plan,
+    fusing: Fusing | None = None,
 ) -> int:
     """Join a study's queue as one more worker; returns the number of runs trained.
 
     The study folder is ``study_dir``, else ``root/NAME``, else the folder the
     study was started in (recorded in the store). With no storage, the
-    study's default SQLite file is used.
+    study's default SQLite file is used. Runs fuse as the spec in the store
+    says (``fuse``, ``auto`` when it has none) unless ``fuse`` overrides it.
     """
+    mode = fuse_mode(fuse, what="--fuse") if fuse is not None else None
     if study_dir is not None:
         folder = StudyFolder(Path(study_dir).expanduser().resolve())
     elif root is not None:
@@ -557,12 +773,15 @@ def run_worker(
 
         folder.spec_file.write_text(yaml.safe_dump(spec_data, sort_keys=False))
     queue.max_retry = int(spec_data.get("max_retries", queue.max_retry))
+    if mode is None:
+        mode = fuse_mode(spec_data.get("fuse", "auto"), what=f"study {name!r} fuse")
     set_threads(threads)
     worker = Worker(
         queue,
         folder,
         metric=spec_data.get("metric", "test_acc"),
         run_fn=run_fn,
+        fusing=study_fusing(mode, fusing, run_fn),
         device=device,
         on_event=on_event,
     )
@@ -636,12 +855,17 @@ def describe_plans(plans: list[RunPlan]) -> dict[str, Any]:
 
 
 __all__ = [
+    "DeviceInfo",
     "StudyRunner",
     "StudyStatus",
     "combine_study",
     "current_plans",
+    "default_workers",
+    "fused_share",
     "pull_results",
     "run_study",
     "run_worker",
+    "study_fusing",
     "study_status",
+    "workers_for",
 ]
