@@ -196,3 +196,11 @@ def test_spec_name_defaults_to_the_file_name(tmp_path):
     path = tmp_path / "my-study.yaml"
     path.write_text(yaml.safe_dump(data))
     assert load_spec(path).name == "my-study"
+
+
+@pytest.mark.parametrize("text", ["", "# nothing yet\n", "{}\n"])
+def test_an_empty_spec_file_is_an_error_not_a_default_run(tmp_path, text):
+    path = tmp_path / "empty.yaml"
+    path.write_text(text)
+    with pytest.raises(StudyError, match=r"study spec '.*empty.yaml' is empty; give at least base: or vary:"):
+        load_spec(path)

@@ -384,6 +384,12 @@ def load_spec(path: str | Path, *, quick: bool = False) -> StudySpec:
         data = read_yaml(path)
     except ConfigError as exc:
         raise StudyError(str(exc)) from None
+    if not data:
+        # An empty file is a mistake (a wrong path such as /dev/null, an unsaved
+        # editor), not a request to run the default config once.
+        raise StudyError(
+            f"study spec {str(path)!r} is empty; give at least base: or vary: (see docs/studies.md)"
+        )
     if "name" not in data:
         data = {"name": Path(path).stem, **data}
     spec = spec_from_dict(data, source=str(path))
