@@ -32,6 +32,7 @@ test: setup system
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadfile --durations=25
 
 lint: setup
+	@test -x $(VENV)/bin/ruff || $(PY) -m pip install -q ruff
 	$(VENV)/bin/ruff check src tests benchmarks
 
 bench-quick: setup system

@@ -25,7 +25,7 @@ _API = {
     "Run": "cnnlab.engine.run",
 }
 
-__all__ = sorted(_API) + ["__version__"]
+__all__ = sorted(_API) + ["__version__"]  # noqa: PLE0605 - from _API, so the two cannot disagree
 
 
 def __getattr__(name: str) -> Any:

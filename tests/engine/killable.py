@@ -39,9 +39,9 @@ def main() -> None:
     steps_per_epoch = 8  # 256 images / batch 32
 
     def callback(event: str, info: dict) -> None:
-        if kind in ("step", "int") and event == "step":
-            if (info["epoch"] - 1) * steps_per_epoch + info["batch"] == int(n):
-                os.kill(os.getpid(), signal.SIGKILL if kind == "step" else signal.SIGINT)
+        step = (info["epoch"] - 1) * steps_per_epoch + info["batch"] if event == "step" else None
+        if kind in ("step", "int") and step == int(n):
+            os.kill(os.getpid(), signal.SIGKILL if kind == "step" else signal.SIGINT)
         if kind == "epoch" and event == "epoch" and info["row"]["epoch"] == int(n):
             os.kill(os.getpid(), signal.SIGKILL)
 

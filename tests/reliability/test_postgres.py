@@ -74,14 +74,15 @@ def postgres_url():
         subprocess.run([str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "cnnlab"], check=True, capture_output=True, timeout=60)
         yield f"postgresql://postgres@127.0.0.1:{port}/cnnlab"
     finally:
-        subprocess.run([*as_pg, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True, timeout=60)
+        subprocess.run([*as_pg, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True, timeout=60, check=False)
         shutil.rmtree(base, ignore_errors=True)
 
 
 def _cli(*args: str, log: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    fh = open(log, "w")
-    return subprocess.Popen([sys.executable, "-m", "cnnlab", *args], stdout=fh, stderr=subprocess.STDOUT, env=env)
+    # The child holds its own copy of the descriptor; ours can close at once.
+    with open(log, "w") as fh:
+        return subprocess.Popen([sys.executable, "-m", "cnnlab", *args], stdout=fh, stderr=subprocess.STDOUT, env=env)
 
 
 def test_four_workers_on_postgres_with_one_killed(tmp_path, postgres_url):
@@ -117,11 +118,11 @@ def test_four_workers_on_postgres_with_one_killed(tmp_path, postgres_url):
         for t in queue.trials():
             owner = (t.user_attrs.get("worker") or {}).get("pid")
             key = (t.system_attrs.get("fixed_params") or {}).get("key")
-            if t.state.name == "RUNNING" and owner in worker_pids and key:
-                if (folder.run_dir(key) / "checkpoints" / "last.pt").exists():
-                    os.kill(owner, signal.SIGKILL)
-                    victim_key, victim_pid = key, owner
-                    break
+            checkpointed = key and (folder.run_dir(key) / "checkpoints" / "last.pt").exists()
+            if t.state.name == "RUNNING" and owner in worker_pids and checkpointed:
+                os.kill(owner, signal.SIGKILL)
+                victim_key, victim_pid = key, owner
+                break
         time.sleep(0.2)
     assert victim_key is not None, "no worker was caught mid-run"
 

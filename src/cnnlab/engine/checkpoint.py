@@ -151,7 +151,7 @@ def load_checkpoint(path: Path, *, map_location: str | torch.device = "cpu", che
     try:
         with _NoForcedUnpickling():
             state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError ...
+    except Exception as exc:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, EOFError ...
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
             f"checkpoint {str(path)!r} refused: it cannot be loaded as plain weights ({first[:160]})"

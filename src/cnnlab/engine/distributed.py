@@ -47,7 +47,7 @@ def setup(device: torch.device) -> tuple[DistContext, torch.device]:
     rank, world, local = (
         int(os.environ["RANK"]),
         int(os.environ["WORLD_SIZE"]),
-        int(os.environ.get("LOCAL_RANK", 0)),
+        int(os.environ.get("LOCAL_RANK", "0")),
     )
     if device.type == "cuda":
         device = torch.device("cuda", local)
