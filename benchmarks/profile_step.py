@@ -20,8 +20,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-import torch
 from torch.profiler import ProfilerActivity, profile
+
+# The benchmark scripts sit side by side; speed.py owns the shared helpers.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from speed import resolve_device
 
 RUNTIME_CALLS = (
     "cudaLaunchKernel",
@@ -51,9 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     from cnnlab.engine.inputs import load_run_data
     from cnnlab.engine.trainer import train
 
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(args.device)
     overrides = [
         f"model={args.model}",
         f"train.batch_size={args.batch_size}",

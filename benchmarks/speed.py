@@ -257,6 +257,7 @@ def run_engine(
 
 
 def machine() -> dict[str, Any]:
+    """What the numbers depend on: CPU, cores, torch threads, versions, GPU, load, date."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as fh:
@@ -279,8 +280,18 @@ def machine() -> dict[str, Any]:
     return info
 
 
-def _fmt(v: float | None, spec: str) -> str:
-    return "-" if v is None or math.isnan(v) else format(v, spec)
+def fmt(v: float | None, spec: str) -> str:
+    """A table cell: ``-`` for a missing or NaN value."""
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` made concrete; a CUDA device where there is none is an error."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"error: --device {device!r} but CUDA is not available here; use cpu")
+    return device
 
 
 def table(rows: list[Row]) -> str:
@@ -289,9 +300,9 @@ def table(rows: list[Row]) -> str:
     lines = [head, "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(
-            f"| {r.case} | {r.loop} | {r.model} | {r.data} | {r.device} | {_fmt(r.examples_per_sec, ',.0f')} | "
-            f"{_fmt(r.train_seconds, '.2f')} | {_fmt(r.runs_per_sec, '.3f')} | {_fmt(r.test_acc, '.3f')} | "
-            f"{_fmt(r.ratio, '.2f')} | {_fmt(r.cpu_seconds, '.1f')} |"
+            f"| {r.case} | {r.loop} | {r.model} | {r.data} | {r.device} | {fmt(r.examples_per_sec, ',.0f')} | "
+            f"{fmt(r.train_seconds, '.2f')} | {fmt(r.runs_per_sec, '.3f')} | {fmt(r.test_acc, '.3f')} | "
+            f"{fmt(r.ratio, '.2f')} | {fmt(r.cpu_seconds, '.1f')} |"
         )
     return "\n".join(lines)
 
@@ -324,9 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="folder for speed.json and speed.md")
     args = p.parse_args(argv)
 
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(args.device)
     info = machine()
     print(
         f"# {info['date']}  {info.get('gpu', info['cpu'])}  ({info['cores']} cores, {info['torch_threads']} torch threads, load {info['load_average'][0]:.2f})",

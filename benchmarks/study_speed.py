@@ -25,13 +25,17 @@ import json
 import logging
 import math
 import os
-import platform
 import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+# The benchmark scripts sit side by side; speed.py owns the shared helpers.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from speed import fmt, machine, resolve_device
 
 
 @dataclass
@@ -47,40 +51,6 @@ class Row:
     test_acc: float | None
     diverged: int
     failed: int
-
-
-def machine() -> dict[str, Any]:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next(
-                (line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu
-            )
-    except OSError:
-        pass
-    info: dict[str, Any] = {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "load_average": os.getloadavg(),
-        "date": time.strftime("%Y-%m-%d %H:%M"),
-    }
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
-
-
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit(f"error: --device {device!r} but CUDA is not available here; use cpu")
-    return device
 
 
 class Progress:
@@ -208,10 +178,6 @@ def run_recipe(
     )
 
 
-def _fmt(v: float | None, spec: str) -> str:
-    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
-
-
 def table(rows: list[Row]) -> str:
     """The results as a Markdown table (also readable in a terminal)."""
     head = "| recipe | device | fuse | workers | runs | trained | wall s | runs/s | test acc | diverged |"
@@ -219,8 +185,8 @@ def table(rows: list[Row]) -> str:
     for r in rows:
         lines.append(
             f"| {r.recipe} | {r.device} | {r.fuse} | {r.workers} | {r.runs} | {r.trained} | "
-            f"{_fmt(r.wall_seconds, '.1f')} | {_fmt(r.runs_per_sec, '.2f')} | "
-            f"{_fmt(r.test_acc, '.4f')} | {r.diverged} |"
+            f"{fmt(r.wall_seconds, '.1f')} | {fmt(r.runs_per_sec, '.2f')} | "
+            f"{fmt(r.test_acc, '.4f')} | {r.diverged} |"
         )
     return "\n".join(lines)
 

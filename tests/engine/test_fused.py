@@ -377,3 +377,28 @@ def test_graph_step_reads_only_its_buffers(tmp_path, patch_splits, monkeypatch, 
         assert _metric_rows(a) == _metric_rows(b)
         for key, value in _weights(a.path).items():
             assert torch.equal(value, _weights(b.path)[key]), key
+
+
+
+def test_a_failed_graph_capture_trains_eagerly_and_says_so_once(tmp_path, patch_splits, monkeypatch):
+    from cnnlab.engine import accel
+    from cnnlab.engine.fused import GRAPH_NOTE
+
+    class Failing(accel.EagerGraphStep):
+        def __call__(self):
+            self.failure = "operation not permitted when stream is capturing"
+            return super().__call__()
+
+    cfgs = _cfgs(MEMBERS[:2], "train.batch_size=48")
+    plain = train_group(cfgs, [tmp_path / f"p{i}" for i in range(2)], splits=patch_splits)
+    monkeypatch.setitem(accel.GRAPH_STEP, "cpu", Failing)
+    monkeypatch.setattr(accel, "use_cuda_graph", lambda setting, device, compiled: True)
+    eager = train_group(cfgs, [tmp_path / f"e{i}" for i in range(2)], splits=patch_splits)
+    for a, b in zip(plain, eager):
+        notes = b.summary["notes"]
+        assert GRAPH_NOTE not in notes
+        assert [n for n in notes if "capture failed" in n] == [
+            "CUDA graph capture failed (operation not permitted when stream is capturing); steps ran eagerly"
+        ]
+        assert (b.path / "log.txt").read_text().count("capture failed") == 1  # 2 epochs, said once
+        assert _metric_rows(a) == _metric_rows(b)

@@ -166,7 +166,7 @@ def test_per_epoch_augmentation_draws_equal_per_batch_transforms(patch_splits):
     draws = epoch_draws(pipe, [7], 2, len(images), 32, 1, "cpu")
     batches = list(train_batches(images, labels, batch_size=32, seed=7, epoch=2, start_batch=1))
     assert len(draws) == len(batches) == 3
-    for (b, xb, _y, _g), d in zip(batches, draws):
+    for (b, xb, _y), d in zip(batches, draws):
         g = batch_generator(7, 2, b)
         x = T.normalize(xb, (0.5,), (0.25,))
         want = T.random_flip(T.random_flip(T.random_crop(x, x.shape[-2:], 3, generator=g), 0.5, generator=g), 0.3, dim=-2, generator=g)

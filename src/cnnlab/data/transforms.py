@@ -81,11 +81,22 @@ def random_crop(
     n, _, h, w = x.shape
     if th > h or tw > w:
         raise ConfigError(f"crop size {th}x{tw} is larger than the (padded) image {h}x{w}")
-    oy = torch.randint(0, h - th + 1, (n,), generator=generator).to(x.device)
-    ox = torch.randint(0, w - tw + 1, (n,), generator=generator).to(x.device)
+    oy = torch.randint(0, h - th + 1, (n,), generator=generator)
+    ox = torch.randint(0, w - tw + 1, (n,), generator=generator)
+    return crop_at(x, oy, ox, (th, tw))
+
+
+def crop_at(x: torch.Tensor, oy: torch.Tensor, ox: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Each image's ``size`` window whose top-left corner is at ``(oy[i], ox[i])``.
+
+    The deterministic half of :func:`random_crop`: a pipeline that draws its
+    offsets ahead of time (a whole epoch at once) applies them with this.
+    """
+    th, tw = size
+    oy, ox = oy.to(x.device), ox.to(x.device)
     rows = (oy[:, None] + torch.arange(th, device=x.device))[:, :, None]
     cols = (ox[:, None] + torch.arange(tw, device=x.device))[:, None, :]
-    batch = torch.arange(n, device=x.device)[:, None, None]
+    batch = torch.arange(len(x), device=x.device)[:, None, None]
     # Advanced indexing puts the indexed dims first: N x th x tw x C.
     return x[batch, :, rows, cols].permute(0, 3, 1, 2).contiguous()
 
@@ -96,8 +107,12 @@ def random_flip(
     """Flip each image along ``dim`` (-1 horizontal, -2 vertical) with probability ``p``."""
     if not 0.0 <= p <= 1.0:
         raise ConfigError(f"flip probability p={p!r} is not allowed; use a number in [0, 1]")
-    mask = (torch.rand(len(x), generator=generator) < p).to(x.device)
-    return torch.where(mask[:, None, None, None], x.flip(dim), x)
+    return flip_where(x, torch.rand(len(x), generator=generator) < p, dim=dim)
+
+
+def flip_where(x: torch.Tensor, mask: torch.Tensor, *, dim: int = -1) -> torch.Tensor:
+    """Flip the images where ``mask`` is true along ``dim``: the deterministic half of :func:`random_flip`."""
+    return torch.where(mask.to(x.device, torch.bool)[:, None, None, None], x.flip(dim), x)
 
 
 def pixel_permutation(height: int, width: int, seed: int = 0) -> torch.Tensor:

@@ -83,11 +83,12 @@ class BatchPipeline:
 
     def convert(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 -> normalized float, resized; no augmentation, no memory-format change."""
-        if self.stats is not None and self.stats[0].device == x.device:
-            m, s = self.stats
-            x = (T.to_float(x) - m) / s
+        if not self.mean:
+            x = T.to_float(x)
+        elif self.stats is not None and self.stats[0].device == x.device:
+            x = T.normalize(x, *self.stats)  # as_tensor keeps the cached tensors: no copy
         else:
-            x = T.normalize(x, self.mean, self.std) if self.mean else T.to_float(x)
+            x = T.normalize(x, self.mean, self.std)
         if self.size is not None and tuple(x.shape[-2:]) != self.size:
             x = T.resize(x, self.size)
         return x
@@ -114,18 +115,12 @@ class BatchPipeline:
         """Crop and flip ``x`` (``N x C x H x W``) per image with ``draws`` (``rows x N``)."""
         a, i = self.augment, 0
         if a.crop_padding:
-            h, w = x.shape[-2:]
-            x = F.pad(x, (a.crop_padding,) * 4, value=0)
-            oy, ox = draws[0], draws[1]
-            rows = (oy[:, None] + torch.arange(h, device=x.device))[:, :, None]
-            cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, :]
-            batch = torch.arange(len(x), device=x.device)[:, None, None]
-            # Advanced indexing puts the indexed dims first: N x h x w x C.
-            x = x[batch, :, rows, cols].permute(0, 3, 1, 2).contiguous()
+            size = tuple(x.shape[-2:])
+            x = T.crop_at(F.pad(x, (a.crop_padding,) * 4, value=0), draws[0], draws[1], size)
             i = 2
         for p, dim in ((a.hflip, -1), (a.vflip, -2)):
             if p:
-                x = torch.where(draws[i].bool()[:, None, None, None], x.flip(dim), x)
+                x = T.flip_where(x, draws[i], dim=dim)
                 i += 1
         return x
 
@@ -204,19 +199,21 @@ def train_batches(
     seed: int,
     epoch: int,
     start_batch: int = 0,
-) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, torch.Generator]]:
-    """Yield ``(batch_index, x_uint8, y, augment_generator)`` for one epoch.
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """Yield ``(batch_index, x_uint8, y)`` for one epoch.
 
-    The last partial batch is kept (as the textbook loop does). A distributed
-    run augments the whole global batch with the same generator and then takes
-    its shard, so every image is augmented exactly as in a single process.
+    The last partial batch is kept (as the textbook loop does). Its augmentation
+    draws come from :func:`batch_generator` of the same batch (taken a whole
+    epoch at a time by :func:`epoch_draws`); a distributed run augments the
+    whole global batch and then takes its shard, so every image is augmented
+    exactly as in a single process.
     """
     device = images.device
     order = epoch_order(len(images), seed, epoch, device)
     steps = (len(images) + batch_size - 1) // batch_size
     for b in range(start_batch, steps):
         idx = order[b * batch_size : (b + 1) * batch_size]
-        yield b, images[idx], labels[idx], batch_generator(seed, epoch, b)
+        yield b, images[idx], labels[idx]
 
 
 def eval_batches(

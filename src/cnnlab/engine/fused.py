@@ -173,10 +173,14 @@ def _free_bytes(device: torch.device) -> int:
         return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES") * 0.5)
 
 
-def _input_of(
+def input_of(
     config: RunConfig, splits: DataSplits | None
 ) -> tuple[tuple[int, int, int], int]:
-    """(C, H, W) of the model's input and the number of classes, from the data or the config."""
+    """(C, H, W) of the model's input and the number of classes, from the data or the config.
+
+    Without the data (a study runner planning workers before loading anything),
+    the shape comes from ``data.resize`` or the model's designed input, and 10 classes.
+    """
     if splits is not None:
         return (splits.in_channels, *input_size(splits, config.data)), splits.num_classes
     size = (
@@ -189,7 +193,7 @@ def _input_of(
 
 def step_macs(config: RunConfig, splits: DataSplits | None = None) -> int:
     """Multiply-accumulates of one forward pass over a training batch of one run."""
-    shape, classes = _input_of(config, splits)
+    shape, classes = input_of(config, splits)
     return config.train.batch_size * _summary_of(config, shape, classes).macs
 
 
@@ -218,7 +222,7 @@ def group_size_for(
         At least 1, even when one member alone does not seem to fit.
     """
     dev = resolve_device(str(device) if device is not None else config.train.device)
-    shape, classes = _input_of(config, splits)
+    shape, classes = input_of(config, splits)
     data = sum(s.images.numel() for _, s in splits.items()) if splits is not None else 0
     if dev.type == "cpu" and max_size is None and step_macs(config, splits) > _CPU_FUSE_MACS:
         return 1
@@ -770,7 +774,7 @@ def train_group(
     group = _Group(cfgs, members, splits, device)
     if group.use_graph:
         for m in members:
-            m.notes.append("training steps replayed as a CUDA graph")
+            m.notes.append(GRAPH_NOTE)
     if group.has_dropout:
         for m in members:
             m.notes.append(
@@ -888,6 +892,9 @@ def _restore(group: _Group) -> None:
             + ", ".join(str(p) for p in points)
             + "); resume them one by one with cnnlab train --resume"
         )
+
+
+GRAPH_NOTE = "training steps replayed as a CUDA graph"
 
 
 class _Step:
@@ -1081,12 +1088,13 @@ def _train_epochs(
             raise
         loss_sum, correct, running = stepper.loss_sum, stepper.correct, stepper.running
         failure = stepper.graph.failure if stepper.graph is not None else None
-        if failure is not None and not any("CUDA graph" in n for n in members[0].notes):
+        if failure is not None and GRAPH_NOTE in members[0].notes:
+            # Said once: the graph note goes, the reason comes in its place.
             note = f"CUDA graph capture failed ({failure}); steps ran eagerly"
             log.warning(note)
             emit("note", {"text": note})
             for m in members:
-                m.notes.append(note)
+                m.notes[m.notes.index(GRAPH_NOTE)] = note
                 m.folder.log(f"note: {note}")
         diverged_at, last_finite = stepper.diverged_at, stepper.last_finite
         if device.type == "cuda":

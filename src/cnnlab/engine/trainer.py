@@ -559,7 +559,7 @@ def _train(
                 if pipeline.random
                 else None
             )
-            for b, xb, yb, _g in train_batches(
+            for b, xb, yb in train_batches(
                 train_set.images,
                 train_set.labels,
                 batch_size=cfg.train.batch_size,

@@ -356,19 +356,6 @@ def probe_device(device: str | None) -> DeviceInfo:
     return DeviceInfo("cuda", cores, len(ids), free)
 
 
-def _input_shape(config: Any) -> tuple[int, int, int]:
-    # The data is not loaded here: the model's designed input, or data.resize
-    # (the same fallback as group_size_for without splits).
-    from cnnlab.models import default_in_channels, default_input_size
-
-    size = (
-        (config.data.resize,) * 2
-        if config.data.resize
-        else (default_input_size(config.model.name) or (28, 28))
-    )
-    return (default_in_channels(config.model.name), *size)
-
-
 def _engine_group_size(config: Any, free_bytes: int) -> int:
     from cnnlab.engine.fused import group_size_for
 
@@ -376,9 +363,9 @@ def _engine_group_size(config: Any, free_bytes: int) -> int:
 
 
 def _member_bytes(config: Any) -> int:
-    from cnnlab.engine.fused import member_bytes
+    from cnnlab.engine.fused import input_of, member_bytes
 
-    return member_bytes(config, _input_shape(config))
+    return member_bytes(config, *input_of(config, None))
 
 
 def default_workers(
