@@ -162,6 +162,18 @@ def _label(s: Setting) -> tuple[str, str]:
 
 
 def run_textbook(case: str, s: Setting, device: str, workers: int) -> Row:
+    """The textbook loop, with the host allocator set as the engine sets it on a CPU.
+
+    With glibc's default, the textbook loop's speed depends on the process:
+    5,200 or 7,000 examples/s from one start to the next on the development
+    CPU, as its adaptive threshold happens to leave activations to be
+    page-faulted in every step or not (docs/benchmarks.md). Giving it the
+    engine's setting (:func:`cnnlab.engine.accel.keep_freed_host_memory`)
+    measures the loop and not that luck, and gives the textbook its fast case.
+    """
+    from cnnlab.engine.accel import keep_freed_host_memory
+
+    keep_freed_host_memory(torch.device(device))
     t, c = time.perf_counter(), _cpu_seconds()
     r = textbook_loop.train_textbook(
         s.model,

@@ -5,7 +5,9 @@ decoded per sample, ``ToTensor`` (and ``Resize`` when the model wants bigger
 images), a ``DataLoader`` with ``shuffle=True``, a per-batch Python loop that
 reads the loss and the accuracy back to the host (``.item()``) every step, and
 d2l's accuracy evaluation. The model is the very same cnnlab network the engine
-trains (same layers, Xavier init), so the two numbers differ only by the loop.
+trains (same layers, Xavier init), with torch's stock layers where cnnlab has
+faster versions of its own (``stock_layers``), as d2l writes them; so the two
+numbers differ by the loop and by cnnlab's layers.
 
 Two speeds are reported: ``examples_per_sec`` over the wall time of the training
 loop (loader included: what a user waits for), and ``d2l_examples_per_sec``, the
@@ -165,6 +167,32 @@ def evaluate_accuracy(net: nn.Module, data_iter: DataLoader, device: torch.devic
     return correct / max(total, 1)
 
 
+def stock_layers(net: nn.Module) -> nn.Module:
+    """Swap cnnlab's own pooling and flatten layers for torch's, in place; return ``net``.
+
+    cnnlab's :class:`~cnnlab.layers.AvgPool2d` and :class:`~cnnlab.layers.Flatten`
+    compute the same numbers faster; the textbook network is built from
+    ``nn.AvgPool2d`` and ``nn.Flatten``, as d2l's is.
+    """
+    from cnnlab import layers
+
+    for parent in list(net.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, layers.AvgPool2d):
+                stock = nn.AvgPool2d(
+                    child.kernel_size,
+                    child.stride,
+                    child.padding,
+                    child.ceil_mode,
+                    child.count_include_pad,
+                    child.divisor_override,
+                )
+                setattr(parent, name, stock)
+            elif isinstance(child, layers.Flatten):
+                setattr(parent, name, nn.Flatten(child.start_dim, child.end_dim))
+    return net
+
+
 def train_textbook(
     model: str = "lenet5",
     data: str = "fashion-mnist",
@@ -194,6 +222,7 @@ def train_textbook(
     net = create_model(
         model, num_classes=10, in_channels=channels, input_size=size, **(model_options or {})
     )
+    stock_layers(net)
     net.apply(_xavier)
     net.to(dev)
     optimizer = torch.optim.SGD(net.parameters(), lr=lr)

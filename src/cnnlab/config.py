@@ -130,7 +130,7 @@ class TrainConfig(_Section):
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$", description="auto, cpu, cuda, cuda:N, mps")
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     channels_last: bool | Literal["auto"] = Field(
-        "auto", description="NHWC batches and weights; auto: conv nets on CPU, and on CUDA with bf16/fp16"
+        "auto", description="NHWC batches and weights; auto: conv nets on CPU (not small ones that pool only by tiled averages), and on CUDA with bf16/fp16"
     )
     compile: bool = False
     cuda_graph: bool | Literal["auto"] = Field(

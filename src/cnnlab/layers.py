@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn.modules.utils import _pair
 
 from cnnlab.errors import ModelError, RegistryError
 from cnnlab.registry import Registry, normalize_name
@@ -77,8 +78,97 @@ NORMS.add("layer", _layer, description="layer normalization (GroupNorm with 1 gr
 NORMS.add("group", _group, description="group normalization (up to 32 groups)")
 NORMS.add("none", lambda channels, dim: nn.Identity(), description="no normalization")
 
+
+def tile_window(pool: nn.AvgPool2d) -> int | None:
+    """The window size when ``pool`` tiles its input with square windows; else None.
+
+    Tiling means stride equal to kernel, no padding, floor mode and the plain
+    mean: each input pixel then belongs to at most one window.
+    """
+    k = _pair(pool.kernel_size)
+    stride = _pair(pool.stride if pool.stride is not None else pool.kernel_size)
+    if k[0] != k[1] or stride != k or _pair(pool.padding) != (0, 0):
+        return None
+    if pool.ceil_mode or pool.divisor_override:
+        return None
+    return int(k[0])
+
+
+def _tile_mean(x: torch.Tensor, k: int) -> torch.Tensor:
+    h, w = x.shape[-2] // k * k, x.shape[-1] // k * k
+    out = None
+    for i in range(k):
+        for j in range(k):
+            part = x[..., i:h:k, j:w:k]
+            out = part.clone() if out is None else out.add_(part)
+    return out.mul_(1.0 / (k * k))
+
+
+def _tile_spread(grad: torch.Tensor, k: int, shape: torch.Size) -> torch.Tensor:
+    """The gradient of :func:`_tile_mean`: each window's gradient over its k x k pixels.
+
+    k*k strided writes: 2.5x faster than expanding and reshaping the gradient.
+    """
+    h, w = grad.shape[-2] * k, grad.shape[-1] * k
+    # Rows and columns past the last whole tile get no gradient.
+    out = grad.new_empty(shape) if (h, w) == tuple(shape[-2:]) else grad.new_zeros(shape)
+    share = grad * (1.0 / (k * k))
+    for i in range(k):
+        for j in range(k):
+            out[..., i:h:k, j:w:k] = share
+    return out
+
+
+class _TileMean(torch.autograd.Function):
+    """Average pooling over k x k tiles as k*k strided adds; backward spreads each gradient.
+
+    ``generate_vmap_rule`` lets fused groups (``torch.func.vmap``) use it.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: torch.Tensor, k: int) -> torch.Tensor:
+        return _tile_mean(x, k)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        x, k = inputs
+        ctx.k, ctx.shape = k, x.shape
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return _tile_spread(grad, ctx.k, ctx.shape), None
+
+
+class AvgPool2d(nn.AvgPool2d):
+    """``nn.AvgPool2d`` with a faster CPU path when the windows tile the input.
+
+    On a CPU, torch's NCHW average pooling is slow: classic LeNet-5's first
+    pooling (256 x 6 x 28 x 28, one thread) takes 2.3 ms forward and 2.4 ms
+    backward, where the same mean as k*k strided adds takes 0.6 ms and its
+    backward 0.9 ms. Elsewhere (CUDA, channels_last batches, overlapping or
+    padded windows) it is ``nn.AvgPool2d``. Same numbers up to float rounding.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k = tile_window(self)
+        if (
+            k is None
+            or x.device.type != "cpu"
+            or x.dim() not in (3, 4)
+            or not x.is_contiguous()
+            or torch.jit.is_tracing()
+            or torch.jit.is_scripting()
+        ):
+            return super().forward(x)
+        if torch.is_grad_enabled():  # x.requires_grad is False inside vmap
+            return _TileMean.apply(x, k)
+        return _tile_mean(x, k)
+
+
 POOLS.add("max", nn.MaxPool2d, description="max pooling")
-POOLS.add("avg", nn.AvgPool2d, description="average pooling")
+POOLS.add("avg", AvgPool2d, description="average pooling")
 
 
 def _lookup(registry: Registry, name: str, option: str):
@@ -133,6 +223,33 @@ def scale_width(channels: int, width: float) -> int:
 def _named(*layers: tuple[str, nn.Module]) -> OrderedDict[str, nn.Module]:
     """Children in order, dropping identities so summaries show only real layers."""
     return OrderedDict((n, m) for n, m in layers if not isinstance(m, nn.Identity))
+
+
+def _as_channels_last(grad: torch.Tensor) -> torch.Tensor:
+    return grad.contiguous(memory_format=torch.channels_last)
+
+
+class Flatten(nn.Flatten):
+    """``nn.Flatten`` that hands the gradient back in its input's memory format.
+
+    Flattening a channels_last batch copies it into NCHW order, so autograd
+    returns the gradient in NCHW order too, and the pooling layer before the
+    flatten runs its backward on mixed formats: a slow path (LeNet-5, batch
+    256, one CPU thread: ``avg_pool2d`` backward 1.33 ms with an NCHW gradient,
+    0.16 ms + 0.05 ms for the conversion with a channels_last one; max pooling
+    0.71 against 0.36 ms). A gradient hook converts it back. NCHW inputs, and
+    inputs that need no gradient, pass as in ``nn.Flatten``.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (
+            x.requires_grad
+            and x.dim() == 4
+            and not x.is_contiguous()
+            and x.is_contiguous(memory_format=torch.channels_last)
+        ):
+            x.register_hook(_as_channels_last)
+        return super().forward(x)
 
 
 class ConvNormAct(nn.Sequential):
@@ -311,7 +428,7 @@ class ClassifierHead(nn.Module):
     ) -> None:
         super().__init__()
         self.global_pool = nn.AdaptiveAvgPool2d(1) if pool == "avg" else nn.AdaptiveMaxPool2d(1)
-        self.flatten = nn.Flatten(1)
+        self.flatten = Flatten(1)
         self.drop = make_dropout(dropout)
         self.fc = nn.Linear(in_features, num_classes)
 

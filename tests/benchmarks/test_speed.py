@@ -56,3 +56,24 @@ def test_speed_quick_runs_and_writes_tables(tmp_path, monkeypatch):
     assert "| fused-lenet | cnnlab fused x2 |" in table
     for name in ("speed", "textbook_loop"):
         sys.modules.pop(name, None)
+
+
+def test_the_textbook_network_is_built_from_torch_stock_layers(monkeypatch):
+    """The textbook loop trains cnnlab's network with nn.AvgPool2d and nn.Flatten, as d2l does."""
+    import torch
+    from torch import nn
+
+    from cnnlab import layers
+    from cnnlab.models import create_model
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    textbook_loop = importlib.import_module("textbook_loop")
+    ours = create_model("lenet5")
+    stock = textbook_loop.stock_layers(create_model("lenet5"))
+    stock.load_state_dict(ours.state_dict())
+    assert not any(isinstance(m, layers.AvgPool2d | layers.Flatten) for m in stock.modules())
+    assert sum(type(m) is nn.AvgPool2d for m in stock.modules()) == 2
+    assert sum(type(m) is nn.Flatten for m in stock.modules()) == 1
+    x = torch.randn(4, 1, 28, 28)
+    assert torch.allclose(stock(x), ours(x), atol=1e-6)
+    sys.modules.pop("textbook_loop", None)

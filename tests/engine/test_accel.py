@@ -1,5 +1,8 @@
 """Device policies: which runs use channels_last and CUDA graphs (no GPU needed to decide)."""
 
+import platform
+
+import pytest
 import torch
 
 from cnnlab.config import load_config
@@ -36,7 +39,9 @@ def test_cuda_graph_setting_is_validated():
 
     from cnnlab.errors import ConfigError
 
-    with pytest.raises(ConfigError, match=r"train.cuda_graph='sometimes' is not allowed; use true, false or auto"):
+    with pytest.raises(
+        ConfigError, match=r"train.cuda_graph='sometimes' is not allowed; use true, false or auto"
+    ):
         load_config(overrides=["train.cuda_graph=sometimes"])
 
 
@@ -51,7 +56,40 @@ def test_channels_last_policy():
     assert not use_channels_last("auto", mlp, cpu, "fp32")
     assert not use_channels_last("auto", conv, cuda, "fp32")
     assert use_channels_last("auto", conv, cuda, "bf16")
-    assert use_channels_last(True, mlp, cpu, "fp32") and not use_channels_last(False, conv, cpu, "fp32")
+    assert use_channels_last(True, mlp, cpu, "fp32") and not use_channels_last(
+        False, conv, cpu, "fp32"
+    )
+
+
+@pytest.mark.parametrize(
+    ("model", "options", "nhwc"),
+    [
+        ("lenet5", {}, False),  # 6 and 16 channels, tiled average pooling: NCHW is faster
+        ("lenet5", {"activation": "relu"}, False),
+        ("lenet5", {"pool": "max"}, True),
+        ("lenet5", {"pool_stride": 1}, True),  # overlapping windows: torch's own pooling
+        ("lenet5-modern", {}, True),
+        ("vgg11", {"pool": "avg", "width": 0.25}, True),  # up to 128 channels
+        ("resnet18", {"stem": "small"}, True),
+    ],
+)
+def test_channels_last_on_the_cpu_except_small_nets_pooled_by_tiled_averages(model, options, nhwc):
+    from cnnlab.engine.accel import use_channels_last
+    from cnnlab.models import create_model
+
+    assert use_channels_last("auto", create_model(model, **options), CPU, "fp32") is nhwc
+
+
+@pytest.mark.skipif(
+    platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's"
+)
+def test_training_on_the_cpu_keeps_freed_host_memory(monkeypatch):
+    from cnnlab.engine import accel
+
+    monkeypatch.setattr(accel, "_host_tuned", None)
+    assert not accel.keep_freed_host_memory(CUDA)
+    assert accel._host_tuned is None  # an accelerator run leaves the host allocator alone
+    assert accel.keep_freed_host_memory(CPU) and accel._host_tuned is True
 
 
 def test_cuda_graph_policy():

@@ -2,9 +2,13 @@
 
 Each rule here was chosen by measurement (docs/benchmarks.md has the numbers):
 
-- **channels_last.** oneDNN's convolutions and pooling run NHWC batches much
-  faster than NCHW on a CPU: classic LeNet-5 trains 1.5-1.95x faster on the
-  2-core development machine, with a bitwise-equal loss. On CUDA the gain comes
+- **channels_last.** oneDNN's convolutions and max pooling run NHWC batches
+  faster than NCHW on a CPU (one thread, 2-core development machine: LeNet-5
+  with max pooling 1.2-1.4x, DenseNet-121 1.2-1.3x, ResNet-18 and VGG-11
+  1.1-1.2x). The exception is a small network that pools only by tiled
+  averages, such as classic LeNet-5: :class:`cnnlab.layers.AvgPool2d` has a
+  fast path for NCHW, and convolutions of a few channels gain nothing from
+  NHWC, so NCHW is 1.06-1.3x faster there. On CUDA the gain comes
   with reduced precision (tensor-core convolutions want NHWC: issue 6 measured
   ResNet-18 at 19,800 img/s in fp32 NCHW against 46,500 img/s with bf16 +
   channels_last on an H100), so ``auto`` turns it on there only for bf16/fp16.
@@ -13,14 +17,25 @@ Each rule here was chosen by measurement (docs/benchmarks.md has the numbers):
   wait for the GPU, which leaves it idle while Python prepares the next step. On
   an accelerator the divergence flag is read once per epoch; on the CPU reading
   it is free, so it is read every step and a diverging run stops at once.
+- **Host allocator.** glibc hands big blocks (a LeNet-5 activation at batch
+  256 is 4.8 MB) back to the kernel as soon as they are freed, so every step
+  page-faults its activations and gradients in again: a third of a LeNet-5
+  step on the CPU was the kernel zeroing fresh pages (a sigmoid backward took
+  11.7 ms instead of 0.25 ms). Training on the CPU therefore tells glibc to
+  keep freed memory for reuse.
 """
 
 from __future__ import annotations
 
+import ctypes
+import platform
 from typing import Literal
 
 import torch
 from torch import nn
+from torch.nn.modules import pooling
+
+from cnnlab.layers import tile_window
 
 ChannelsLast = bool | Literal["auto"]
 
@@ -29,21 +44,73 @@ def has_convolutions(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
 
 
+#: Widest convolution (output channels) of a network that stays in NCHW on the CPU when it
+#: pools only by tiled averages (classic LeNet-5 has 6 and 16). VGG-11 at width 1/4 with
+#: average pooling (16-128 channels) was 5% faster in channels_last.
+_SMALL_CONV_CHANNELS = 64
+
+
+_POOLING = (pooling._AvgPoolNd, pooling._MaxPoolNd, pooling._AdaptiveMaxPoolNd, pooling._LPPoolNd)
+
+
+def _small_and_tile_averaged(model: nn.Module) -> bool:
+    """Whether every pooling layer of ``model`` tiles with an average, and its convolutions are small."""
+    pools = [m for m in model.modules() if isinstance(m, _POOLING)]
+    convs = [m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)]
+    return (
+        bool(pools)
+        and all(isinstance(m, nn.AvgPool2d) and tile_window(m) is not None for m in pools)
+        and all(m.out_channels <= _SMALL_CONV_CHANNELS for m in convs)
+    )
+
+
 def use_channels_last(
     setting: ChannelsLast, model: nn.Module, device: torch.device, precision: str
 ) -> bool:
     """Whether to run ``model`` with channels_last weights and batches.
 
     ``True``/``False`` are obeyed (on every device type, MPS included); ``auto``
-    means: convolutional networks on the CPU, and on CUDA with bf16 or fp16.
+    means: convolutional networks on the CPU, except small ones that pool only
+    by tiled averages, and on CUDA with bf16 or fp16.
     """
     if setting != "auto":
         return bool(setting)
     if not has_convolutions(model):
         return False
     if device.type == "cpu":
-        return True
+        return not _small_and_tile_averaged(model)
     return device.type == "cuda" and precision in ("bf16", "fp16")
+
+
+#: mallopt parameters (glibc's malloc.h) and the values training on the CPU sets: blocks
+#: up to 32 MiB (glibc's ceiling on 64-bit) come from the heap, and up to 2 GiB of free
+#: heap is kept rather than trimmed. Setting either one turns glibc's adaptive threshold
+#: off, so both are set: measured, the trim threshold alone made steps slower.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_KEEP_FREED = ((_M_MMAP_THRESHOLD, 32 * 2**20), (_M_TRIM_THRESHOLD, 2**31 - 1))
+_host_tuned: bool | None = None
+
+
+def keep_freed_host_memory(device: torch.device) -> bool:
+    """Make glibc reuse freed blocks instead of returning them to the kernel; True if it did.
+
+    Applies once per process, only to training on the CPU (on an accelerator
+    the big tensors live in its own caching allocator) and only where the C
+    library is glibc (elsewhere there is nothing to call). The cost is that a
+    process keeps its peak host memory until it exits.
+    """
+    global _host_tuned
+    if device.type != "cpu":
+        return False
+    if _host_tuned is None:
+        _host_tuned = False
+        if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+            try:
+                mallopt = ctypes.CDLL(None).mallopt
+            except (OSError, AttributeError):
+                return False
+            _host_tuned = all(mallopt(param, value) == 1 for param, value in _KEEP_FREED)
+    return _host_tuned
 
 
 def check_every_step(device: torch.device) -> bool:

@@ -759,6 +759,7 @@ def train_group(
     cfg = cfgs[0]
     paths = [prepare_run_dir(c, Path(d), None, Path("."), resume) for c, d in zip(cfgs, run_dirs)]
     device = resolve_device(cfg.train.device)
+    accel.keep_freed_host_memory(device)
     notes: list[str] = [f"trained in a fused group of {len(cfgs)}"] if len(cfgs) > 1 else []
     if device.type != "cuda" and cfg.train.precision != "fp32":
         notes.append(

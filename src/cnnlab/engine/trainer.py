@@ -32,7 +32,12 @@ from cnnlab.config import RunConfig, build_config, flatten, read_yaml
 from cnnlab.data import DataSplits
 from cnnlab.engine import checkpoint as ckpt
 from cnnlab.engine import distributed as D
-from cnnlab.engine.accel import check_every_step, single_run_as_graph, use_channels_last
+from cnnlab.engine.accel import (
+    check_every_step,
+    keep_freed_host_memory,
+    single_run_as_graph,
+    use_channels_last,
+)
 from cnnlab.engine.batches import BatchPipeline, epoch_draws, eval_batches, train_batches
 from cnnlab.engine.inputs import (
     build_pipeline,
@@ -328,6 +333,7 @@ def train(
 
     path = prepare_run_dir(cfg, Path(run_dir) if run_dir else None, name, Path(runs_root), resume)
     ctx, device = D.setup(resolve_device(cfg.train.device))
+    keep_freed_host_memory(device)
     path = Path(D.broadcast_text(str(path), ctx))
     try:
         if _as_graph_group(cfg, ctx, device):

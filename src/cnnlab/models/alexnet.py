@@ -16,7 +16,7 @@ from math import prod
 
 from torch import nn
 
-from cnnlab.layers import LayerConfig, check_dropout, scale_width
+from cnnlab.layers import Flatten, LayerConfig, check_dropout, scale_width
 from cnnlab.models import MODELS
 from cnnlab.models.base import Network, output_shape
 
@@ -119,7 +119,7 @@ class AlexNet(Network):
                 output_shape(self.features, (in_channels, *input_size), prefix="features.")
             )
         fc = replace(cfg, norm="none")  # like torchvision, no normalization in the classifier
-        head["flatten"] = nn.Flatten(1)
+        head["flatten"] = Flatten(1)
         head["fc1"] = fc.linear(features, hidden, dropout=dropout)
         head["fc2"] = fc.linear(hidden, hidden, dropout=dropout)
         head["fc3"] = nn.Linear(hidden, num_classes)

@@ -16,7 +16,7 @@ from math import prod
 from torch import nn
 
 from cnnlab.errors import ModelError
-from cnnlab.layers import LayerConfig, check_dropout
+from cnnlab.layers import Flatten, LayerConfig, check_dropout
 from cnnlab.models import MODELS
 from cnnlab.models.base import Network, output_shape
 
@@ -70,7 +70,7 @@ class LeNet(Network):
             )
         )
         width = prod(output_shape(self.features, (in_channels, *input_size), prefix="features."))
-        head: OrderedDict[str, nn.Module] = OrderedDict(flatten=nn.Flatten(1))
+        head: OrderedDict[str, nn.Module] = OrderedDict(flatten=Flatten(1))
         for i, size in enumerate(hidden, start=1):
             head[f"fc{i}"] = fc.linear(width, int(size), dropout=dropout)
             width = int(size)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from cnnlab.errors import ModelError
-from cnnlab.layers import LayerConfig, make_dropout, scale_width
+from cnnlab.layers import Flatten, LayerConfig, make_dropout, scale_width
 from cnnlab.models import MODELS
 from cnnlab.models.base import Network
 
@@ -88,7 +88,7 @@ class NiN(Network):
             channels = out
         self.features = nn.Sequential(layers)
         self.head = nn.Sequential(
-            OrderedDict(global_pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(1))
+            OrderedDict(global_pool=nn.AdaptiveAvgPool2d(1), flatten=Flatten(1))
         )
 
     def class_activation_maps(self, feature_map: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,7 @@ from math import prod
 
 from torch import nn
 
-from cnnlab.layers import LayerConfig, check_dropout, scale_width
+from cnnlab.layers import Flatten, LayerConfig, check_dropout, scale_width
 from cnnlab.models import MODELS
 from cnnlab.models.base import Network, output_shape
 
@@ -72,7 +72,7 @@ class VGG(Network):
         fc = replace(cfg, norm="none")  # torchvision's vgg*_bn has no norm in the classifier
         self.head = nn.Sequential(
             OrderedDict(
-                flatten=nn.Flatten(1),
+                flatten=Flatten(1),
                 fc1=fc.linear(features, hidden, dropout=dropout),
                 fc2=fc.linear(hidden, hidden, dropout=dropout),
                 fc3=nn.Linear(hidden, num_classes),
