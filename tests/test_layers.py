@@ -54,6 +54,11 @@ def test_avg_pool_takes_the_strided_path_only_where_windows_tile_an_nchw_cpu_bat
     ]
 
 
+def test_avg_pool_on_an_input_smaller_than_its_window_fails_as_torch_does():
+    with pytest.raises(RuntimeError, match="too small"):
+        AvgPool2d(4)(torch.randn(1, 2, 3, 3))
+
+
 def test_avg_pool_is_what_the_registry_builds_and_is_still_an_nn_avg_pool():
     pool = get_pool("avg", 2)
     assert type(pool) is AvgPool2d and isinstance(pool, nn.AvgPool2d)

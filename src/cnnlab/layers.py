@@ -158,6 +158,7 @@ class AvgPool2d(nn.AvgPool2d):
             or x.device.type != "cpu"
             or x.dim() not in (3, 4)
             or not x.is_contiguous()
+            or min(x.shape[-2:]) < k  # torch's layer says the input is too small
             or torch.jit.is_tracing()
             or torch.jit.is_scripting()
         ):

@@ -17,12 +17,13 @@ Each rule here was chosen by measurement (docs/benchmarks.md has the numbers):
   wait for the GPU, which leaves it idle while Python prepares the next step. On
   an accelerator the divergence flag is read once per epoch; on the CPU reading
   it is free, so it is read every step and a diverging run stops at once.
-- **Host allocator.** glibc hands big blocks (a LeNet-5 activation at batch
-  256 is 4.8 MB) back to the kernel as soon as they are freed, so every step
-  page-faults its activations and gradients in again: a third of a LeNet-5
-  step on the CPU was the kernel zeroing fresh pages (a sigmoid backward took
-  11.7 ms instead of 0.25 ms). Training on the CPU therefore tells glibc to
-  keep freed memory for reuse.
+- **Host allocator.** glibc may hand big blocks (a LeNet-5 activation at
+  batch 256 is 4.8 MB) back to the kernel as soon as they are freed, and
+  then every step page-faults its activations and gradients in again: a bare
+  LeNet-5 step on one CPU thread took 28-31 ms with 3,700 page faults against
+  20-21 ms with one. Whether it does depends on glibc's adaptive threshold,
+  that is on what the process happened to allocate first, so training on the
+  CPU tells glibc to keep freed memory for reuse.
 """
 
 from __future__ import annotations
