@@ -12,7 +12,9 @@ numbers differ by the loop and by cnnlab's layers.
 Two speeds are reported: ``examples_per_sec`` over the wall time of the training
 loop (loader included: what a user waits for), and ``d2l_examples_per_sec``, the
 number d2l prints, whose timer runs only around the step and so leaves the loader
-out. Run ``python benchmarks/textbook_loop.py --help``.
+out. Run ``python benchmarks/textbook_loop.py --help``. Run alone, it keeps glibc's
+default allocator, under which its CPU speed swings from one process to the next
+(docs/benchmarks.md); ``speed.py`` gives it the engine's setting first.
 """
 
 from __future__ import annotations
