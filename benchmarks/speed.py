@@ -306,17 +306,43 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def table(rows: list[Row]) -> str:
-    """The results as a Markdown table (also readable in a terminal)."""
-    head = "| case | loop | model | data | device | examples/s | train s | runs/s | test acc | x textbook | CPU s |"
-    lines = [head, "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        lines.append(
-            f"| {r.case} | {r.loop} | {r.model} | {r.data} | {r.device} | {fmt(r.examples_per_sec, ',.0f')} | "
-            f"{fmt(r.train_seconds, '.2f')} | {fmt(r.runs_per_sec, '.3f')} | {fmt(r.test_acc, '.3f')} | "
-            f"{fmt(r.ratio, '.2f')} | {fmt(r.cpu_seconds, '.1f')} |"
-        )
+def markdown_table(columns: list[tuple[str, str]], rows: list[list[str]]) -> str:
+    """A Markdown table (also readable in a terminal); ``columns`` are (title, ``---`` or ``---:``)."""
+    lines = [
+        "| " + " | ".join(title for title, _ in columns) + " |",
+        "|" + "|".join(align for _, align in columns) + "|",
+    ]
+    lines += ["| " + " | ".join(cells) + " |" for cells in rows]
     return "\n".join(lines)
+
+
+TABLE = [("case", "---"), ("loop", "---"), ("model", "---"), ("data", "---"), ("device", "---")]
+TABLE += [
+    (t, "---:") for t in ("examples/s", "train s", "runs/s", "test acc", "x textbook", "CPU s")
+]
+
+
+def table(rows: list[Row]) -> str:
+    """The results as a Markdown table."""
+    return markdown_table(
+        TABLE,
+        [
+            [
+                r.case,
+                r.loop,
+                r.model,
+                r.data,
+                r.device,
+                fmt(r.examples_per_sec, ",.0f"),
+                fmt(r.train_seconds, ".2f"),
+                fmt(r.runs_per_sec, ".3f"),
+                fmt(r.test_acc, ".3f"),
+                fmt(r.ratio, ".2f"),
+                fmt(r.cpu_seconds, ".1f"),
+            ]
+            for r in rows
+        ],
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

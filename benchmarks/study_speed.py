@@ -35,7 +35,7 @@ from typing import Any
 # The benchmark scripts sit side by side; speed.py owns the shared helpers.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from speed import fmt, machine, resolve_device
+from speed import fmt, machine, markdown_table, resolve_device
 
 
 @dataclass
@@ -116,7 +116,9 @@ def warm_up(recipe: str, *, quick: bool, device: str, overrides: list[str]) -> f
     with tempfile.TemporaryDirectory(prefix="cnnlab-study-speed-warmup-") as tmp:
         train(config, run_dir=Path(tmp) / "one")
         if fusable_key(config) is not None:
-            other = build_config({**tree, "train": {**tree["train"], "seed": tree["train"]["seed"] + 1}})
+            other = build_config(
+                {**tree, "train": {**tree["train"], "seed": tree["train"]["seed"] + 1}}
+            )
             train_group([config, other], [Path(tmp) / "a", Path(tmp) / "b"])
         # and a one-run study: optuna, SQLAlchemy and the study store start up too
         spec = spec_from_dict({"name": "warmup", "base": tree, "repeats": 1})
@@ -178,17 +180,32 @@ def run_recipe(
     )
 
 
+TABLE = [("recipe", "---"), ("device", "---"), ("fuse", "---")]
+TABLE += [
+    (t, "---:") for t in ("workers", "runs", "trained", "wall s", "runs/s", "test acc", "diverged")
+]
+
+
 def table(rows: list[Row]) -> str:
-    """The results as a Markdown table (also readable in a terminal)."""
-    head = "| recipe | device | fuse | workers | runs | trained | wall s | runs/s | test acc | diverged |"
-    lines = [head, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        lines.append(
-            f"| {r.recipe} | {r.device} | {r.fuse} | {r.workers} | {r.runs} | {r.trained} | "
-            f"{fmt(r.wall_seconds, '.1f')} | {fmt(r.runs_per_sec, '.2f')} | "
-            f"{fmt(r.test_acc, '.4f')} | {r.diverged} |"
-        )
-    return "\n".join(lines)
+    """The results as a Markdown table."""
+    return markdown_table(
+        TABLE,
+        [
+            [
+                r.recipe,
+                r.device,
+                r.fuse,
+                str(r.workers),
+                str(r.runs),
+                str(r.trained),
+                fmt(r.wall_seconds, ".1f"),
+                fmt(r.runs_per_sec, ".2f"),
+                fmt(r.test_acc, ".4f"),
+                str(r.diverged),
+            ]
+            for r in rows
+        ],
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
