@@ -402,3 +402,16 @@ def test_a_failed_graph_capture_trains_eagerly_and_says_so_once(tmp_path, patch_
         ]
         assert (b.path / "log.txt").read_text().count("capture failed") == 1  # 2 epochs, said once
         assert _metric_rows(a) == _metric_rows(b)
+
+def test_a_worker_sharing_the_device_plans_in_its_share_of_the_memory():
+    from cnnlab.engine.fused import _free_bytes
+
+    cpu = torch.device("cpu")
+    whole, tiny = _free_bytes(cpu), _free_bytes(cpu, share=1e-4)
+    assert 0 < tiny < whole
+    with open("/proc/meminfo") as fh:
+        total = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("MemTotal"))
+    assert tiny == int(total * 1e-4 * 0.5)
+    cfg = load_config(overrides=["train.device=cpu", "train.batch_size=4"])
+    assert group_size_for(cfg, share=1.0) == 8
+    assert group_size_for(cfg, share=1e-9) == 1  # not even one member fits its share

@@ -19,6 +19,7 @@ from cnnlab.studies.runner import (
     StudyRunner,
     default_workers,
     fused_share,
+    fused_workers_per_gpu,
     open_queue,
     run_worker,
     workers_for,
@@ -32,31 +33,55 @@ H100 = DeviceInfo("cuda", cores=16, gpus=1, free_bytes=78 * GiB)
 
 
 @pytest.mark.parametrize(
-    ("info", "fuses", "member", "expected"),
+    ("info", "member", "expected"),
     [
-        (DeviceInfo("cpu", cores=2), False, None, 1),  # one per two cores, as before
-        (DeviceInfo("cpu", cores=16), True, None, 8),
-        (H100, True, GiB, 1),  # a fused group keeps its GPU busy
-        (DeviceInfo("cuda", cores=32, gpus=4, free_bytes=78 * GiB), True, GiB, 4),
-        (H100, False, 32 << 20, 4),  # small runs: up to four per GPU
-        (H100, False, None, 4),
-        (DeviceInfo("cuda", cores=64, gpus=2, free_bytes=78 * GiB), False, GiB, 8),
+        (DeviceInfo("cpu", cores=2), None, 1),  # one per two cores, as before
+        (DeviceInfo("cpu", cores=16), None, 8),
+        (H100, 32 << 20, 4),  # small runs: up to four per GPU
+        (H100, None, 4),
+        (DeviceInfo("cuda", cores=64, gpus=2, free_bytes=78 * GiB), GiB, 8),
         # memory bounds it: each worker needs its run plus a CUDA context
-        (DeviceInfo("cuda", cores=16, gpus=1, free_bytes=5 * GiB), False, GiB, 2),
-        (DeviceInfo("cuda", cores=16, gpus=1, free_bytes=GiB), False, 4 * GiB, 1),
+        (DeviceInfo("cuda", cores=16, gpus=1, free_bytes=5 * GiB), GiB, 2),
+        (DeviceInfo("cuda", cores=16, gpus=1, free_bytes=GiB), 4 * GiB, 1),
         # and so do the cores that drive them
-        (DeviceInfo("cuda", cores=2, gpus=1, free_bytes=78 * GiB), False, GiB, 2),
-        (DeviceInfo("cuda", cores=4, gpus=4, free_bytes=78 * GiB), False, GiB, 4),
-        (DeviceInfo("cuda", cores=16, gpus=0), False, None, 8),  # no GPU after all: CPU rule
+        (DeviceInfo("cuda", cores=2, gpus=1, free_bytes=78 * GiB), GiB, 2),
+        (DeviceInfo("cuda", cores=4, gpus=4, free_bytes=78 * GiB), GiB, 4),
+        (DeviceInfo("cuda", cores=16, gpus=0), None, 8),  # no GPU after all: CPU rule
     ],
 )
-def test_workers_for(info, fuses, member, expected):
-    assert workers_for(info, fuses=fuses, member_bytes=member) == expected
+def test_workers_for(info, member, expected):
+    assert workers_for(info, member_bytes=member) == expected
 
 
 def test_process_overhead_counts_once_per_worker():
     info = DeviceInfo("cuda", cores=16, gpus=1, free_bytes=3 * (GiB + PROCESS_OVERHEAD_BYTES))
-    assert workers_for(info, fuses=False, member_bytes=GiB) == 3
+    assert workers_for(info, member_bytes=GiB) == 3
+
+
+def _per_member(member: int):
+    """``(key, bytes) -> group size`` for members of ``member`` bytes, at most 64 a group."""
+    return lambda key, free: max(1, min(64, free // member))
+
+
+def test_fusing_workers_share_a_gpu_while_no_group_shrinks():
+    # 18 keys of 10 runs, 40 MB a member (LeNet-sized): four workers lose nothing
+    runs = {f"k{i}": 10 for i in range(18)}
+    assert fused_workers_per_gpu(runs, _per_member(40 << 20), H100) == 4
+    # 2 GiB members: 62 GiB holds a group of 10 in each of two shares, not of three
+    assert fused_workers_per_gpu(runs, _per_member(2 * GiB), H100) == 2
+    # a key of 64 runs would form more groups in half the memory
+    assert fused_workers_per_gpu({"big": 64, "b": 2}, _per_member(GiB), H100) == 1
+
+
+def test_fusing_workers_are_bounded_by_the_groups_and_the_cores():
+    small = _per_member(1 << 20)
+    assert fused_workers_per_gpu({"only": 40}, small, H100) == 1  # one group: one worker
+    assert fused_workers_per_gpu({"a": 5, "b": 5}, small, H100) == 2
+    assert fused_workers_per_gpu({"a": 5, None: 7}, small, H100) == 4  # 7 runs train alone
+    two_gpus = DeviceInfo("cuda", cores=64, gpus=2, free_bytes=78 * GiB)
+    assert fused_workers_per_gpu({"a": 5, "b": 5, "c": 5}, small, two_gpus) == 1
+    few_cores = DeviceInfo("cuda", cores=2, gpus=1, free_bytes=78 * GiB)
+    assert fused_workers_per_gpu({f"k{i}": 3 for i in range(9)}, small, few_cores) == 2
 
 
 def test_fused_share():
@@ -76,8 +101,9 @@ def test_default_workers_for_the_lenet_ablation_on_a_made_up_gpu():
         sizes[config.train.batch_size] += 1
         return 64
 
-    assert default_workers("cuda", plans, Fusing(), info=H100, group_size=size) == 1
-    assert sum(sizes.values()) == 18  # one estimate per fusable key
+    # 18 fusable keys, none split by a quarter of the GPU: four workers share it
+    assert default_workers("cuda", plans, Fusing(), info=H100, group_size=size) == 4
+    assert sum(sizes.values()) == 18 * 5  # one estimate per fusable key and memory share
     # fuse off, or groups of one: small runs, four workers on the GPU
     assert default_workers("cuda", plans, None, info=H100) == 4
     assert default_workers("cuda", plans, Fusing(), info=H100, group_size=lambda c, f: 1) == 4
@@ -173,3 +199,80 @@ def test_fuse_from_the_command_line_is_stored_with_the_spec(tmp_path, capsys):
     assert folder.read_spec().fuse == "off"
     queue = open_queue(spec, folder, None, create=False)
     assert queue.info()["spec"]["fuse"] == "off"
+
+
+# -- workers that share a device ------------------------------------------------------
+
+
+def _runner(tmp_path, workers: int, device: str | None = "cpu") -> StudyRunner:
+    spec, folder = _stored_study(tmp_path, "auto")
+    queue = open_queue(spec, folder, None, create=False)
+    return StudyRunner(spec=spec, folder=folder, queue=queue, workers=workers, device=device)
+
+
+def _option(cmd: list[str], name: str) -> str | None:
+    return cmd[cmd.index(name) + 1] if name in cmd else None
+
+
+def test_workers_on_one_device_split_its_memory(tmp_path):
+    commands = _runner(tmp_path, 3).worker_commands(threads=1)
+    assert len(commands) == 3
+    assert {_option(c, "--memory-share") for c in commands} == {"0.333333"}
+    assert {_option(c, "--device") for c in commands} == {"cpu"}
+    (alone,) = _runner(tmp_path / "one", 1).worker_commands(threads=2)
+    assert _option(alone, "--memory-share") is None and _option(alone, "--threads") == "2"
+
+
+def test_workers_spread_over_gpus_split_each_gpus_memory(tmp_path, monkeypatch):
+    from cnnlab.studies import runner
+
+    monkeypatch.setattr(
+        runner, "_worker_devices", lambda device, n: [f"cuda:{i % 2}" for i in range(n)]
+    )
+    commands = _runner(tmp_path, 4, device="cuda").worker_commands(threads=4)
+    assert [_option(c, "--device") for c in commands] == ["cuda:0", "cuda:1"] * 2
+    assert {_option(c, "--memory-share") for c in commands} == {"0.5"}
+    two = _runner(tmp_path / "two", 2, device="cuda").worker_commands(threads=4)
+    assert [_option(c, "--memory-share") for c in two] == [None, None]  # one worker per GPU
+
+
+def test_a_shared_worker_plans_its_groups_in_its_share():
+    from cnnlab.studies.runner import study_fusing
+    from cnnlab.studies.worker import group_size
+
+    assert study_fusing("auto") == Fusing()
+    half = study_fusing("auto", share=0.5)
+    assert half.size.func is group_size and half.size.keywords == {"share": 0.5}
+    assert study_fusing("off", share=0.5) is None
+
+
+@pytest.mark.parametrize("share", ["0", "-0.5", "1.5", "nan"])
+def test_a_bad_memory_share_is_a_one_line_error(tmp_path, capsys, share):
+    args = ["study", "worker", "--name", "cli", "--memory-share", share]
+    assert main([*args, "--root", str(tmp_path / "studies")]) == 2
+    assert _one_line_error(capsys) == (
+        f"error: --memory-share {float(share)!r} is not allowed; "
+        "use a fraction above 0 and at most 1"
+    )
+    assert not (tmp_path / "studies").exists()
+
+
+def test_free_gpu_memory_is_read_in_a_child_process(monkeypatch):
+    from cnnlab.studies import runner
+
+    # the child prints what torch.cuda.mem_get_info would; here, made-up numbers
+    script = "import json, sys\nprint('noise')\nprint(json.dumps([int(i) * 7 + 1 for i in sys.argv[1:]]))\n"
+    monkeypatch.setattr(runner, "_FREE_MEMORY_SCRIPT", script)
+    assert runner.gpu_free_bytes([0, 2]) == [1, 15]
+
+
+def test_free_gpu_memory_falls_back_to_this_process(monkeypatch, caplog):
+    import torch
+
+    from cnnlab.studies import runner
+
+    monkeypatch.setattr(runner, "_FREE_MEMORY_SCRIPT", "raise SystemExit(3)")
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i: (100 + i, 200))
+    with caplog.at_level("WARNING", logger="cnnlab.studies"):
+        assert runner.gpu_free_bytes([0, 1]) == [100, 101]
+    assert "child process" in caplog.text

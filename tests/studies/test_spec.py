@@ -202,5 +202,7 @@ def test_spec_name_defaults_to_the_file_name(tmp_path):
 def test_an_empty_spec_file_is_an_error_not_a_default_run(tmp_path, text):
     path = tmp_path / "empty.yaml"
     path.write_text(text)
-    with pytest.raises(StudyError, match=r"study spec '.*empty.yaml' is empty; give at least base: or vary:"):
+    with pytest.raises(
+        StudyError, match=r"study spec '.*empty.yaml' is empty; give at least base: or vary:"
+    ):
         load_spec(path)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from cnnlab.config import load_config
 from cnnlab.errors import StudyError
 from cnnlab.studies.folder import StudyFolder, read_summary
 from cnnlab.studies.runner import StudyRunner, open_queue
@@ -20,9 +21,10 @@ from cnnlab.studies.worker import (
     Worker,
     admit,
     fuse_mode,
-    fuse_order,
     group_closed,
     run_state,
+    sequential_steps,
+    work_order,
 )
 from tests.studies.conftest import FakeTrainer, tiny_spec
 
@@ -65,26 +67,51 @@ def test_group_closed(action, joined, size, closed):
     assert group_closed(action, joined, size) is closed
 
 
-def test_fuse_order_is_a_stable_sort_by_first_appearance_of_the_key():
+def test_work_order_keeps_keys_together_in_order_of_first_appearance_at_equal_cost():
     keys = {"a1": "a", "b1": "b", "a2": "a", "x": None, "c1": "c", "b2": "b", "y": None}
-    ordered = fuse_order(list(keys), keys.__getitem__)
+    ordered = work_order(list(keys), keys.__getitem__, steps=lambda p: 1)
     assert ordered == ["a1", "a2", "b1", "b2", "x", "c1", "y"]
-    assert fuse_order([], keys.__getitem__) == []
+    assert work_order([], keys.__getitem__) == []
 
 
-def test_fuse_order_puts_a_recipes_fusable_runs_next_to_each_other():
+def test_work_order_puts_the_longest_units_first():
+    keys = {"a1": "a", "b1": "b", "a2": "a", "x": None, "c1": "c", "b2": "b", "y": None}
+    steps = {"a1": 10, "a2": 10, "b1": 30, "b2": 30, "x": 20, "c1": 5, "y": 40}
+    ordered = work_order(list(keys), keys.__getitem__, steps=steps.__getitem__)
+    assert ordered == ["y", "b1", "b2", "x", "a1", "a2", "c1"]
+    # without fusing every run is its own unit
+    assert work_order(list(keys), lambda p: None, steps=steps.__getitem__)[:3] == ["y", "b1", "b2"]
+
+
+def test_sequential_steps():
+    cfg = load_config(overrides=["train.epochs=3", "train.batch_size=256"])
+    assert sequential_steps(cfg) == 3 * 196  # nominal 50,000 images
+    small = load_config(overrides=["data.subset=1000", "train.batch_size=32", "train.epochs=2"])
+    assert sequential_steps(small) == 2 * 32
+
+
+def test_work_order_puts_a_recipes_fusable_runs_together_and_small_batches_first():
     from cnnlab.engine.fused import fusable_key
     from cnnlab.studies.recipes import recipe_specs
 
     (spec,) = recipe_specs("lenet-ablation")
     plans = [p for p in expand(spec) if p.derived_from is None]
-    ordered = fuse_order(plans, lambda p: fusable_key(p.config))
+    ordered = work_order(plans, lambda p: fusable_key(p.config))
     assert sorted(p.key for p in ordered) == sorted(p.key for p in plans)
     keys = [fusable_key(p.config) for p in ordered]
     runs = [k for i, k in enumerate(keys) if i == 0 or k != keys[i - 1]]
     assert len(runs) == len(set(runs)), "a key's runs are split"
     # 330 runs to train, 18 keys: the lr factor and every variant's 10 repeats fuse
     assert len(plans) == 330 and len(set(keys)) == 18
+    # batch 2 (250,000 steps) goes first, then batch 4, 8, 16, then the 100 epochs
+    firsts = [ordered[i].config.train for i in range(0, 50, 10)]
+    assert [(t.batch_size, t.epochs) for t in firsts] == [
+        (2, 10),
+        (4, 10),
+        (8, 10),
+        (16, 10),
+        (256, 100),
+    ]
 
 
 def test_run_state(tmp_path):
@@ -304,8 +331,8 @@ def test_an_interrupted_worker_puts_every_held_run_back(tmp_path):
 def test_the_runner_enqueues_fusable_runs_together_and_fuses_only_when_on(tmp_path):
     from cnnlab.studies.queue import Owner
 
-    # base (batch 100), then the grid: batch 50 twice, batch 100 twice; the sort
-    # brings the batch-100 grid points up to the base
+    # base (batch 100), then the grid: batch 50 twice, batch 100 twice; the
+    # batch-50 runs take more steps and go first, the batch-100 ones join the base
     data = tiny_spec(
         name="order", vary={}, grid={"train.batch_size": [50, 100], "optim.lr": [0.1, 0.2]}
     )
@@ -318,14 +345,16 @@ def test_the_runner_enqueues_fusable_runs_together_and_fuses_only_when_on(tmp_pa
     plans = expand(spec)
     ordered = runner.enqueue_order(plans)
     sizes = [p.config.train.batch_size for p in ordered]
-    assert sizes == sorted(sizes, key=[p.config.train.batch_size for p in plans].index)
+    assert plans[0].config.train.batch_size == 100
+    assert sizes == sorted(sizes) and set(sizes) == {50, 100}
     assert runner.prepare(plans) == len(plans)
     owner = Owner.me()
     popped = [queue.pop(owner) for _ in plans]
     assert [lease.key for lease in popped] == [p.key for p in ordered]
 
     off = StudyRunner(spec=spec.model_copy(update={"fuse": "off"}), folder=folder, queue=queue)
-    assert off.active_fusing() is None and off.enqueue_order(plans) == plans
+    assert off.active_fusing() is None
+    assert [p.key for p in off.enqueue_order(plans)] == [p.key for p in ordered]
     # a replaced single-run step without a group trainer of its own: runs are not fused
     fake = StudyRunner(spec=spec, folder=folder, queue=queue, run_fn=FakeTrainer())
     assert fake.active_fusing() is None

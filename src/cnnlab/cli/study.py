@@ -240,6 +240,14 @@ def worker_cmd(
     ] = None,
     heartbeat: HeartbeatOpt = 10,
     fuse: FuseOpt = None,
+    memory_share: Annotated[
+        float,
+        typer.Option(
+            "--memory-share",
+            help="fraction of the device's memory this worker's fused groups may fill "
+            "(1/N for N workers on one GPU; `study run` sets it for its own workers)",
+        ),
+    ] = 1.0,
 ) -> None:
     """Join a running study as one more worker (from another shell or machine)."""
     import logging
@@ -259,6 +267,7 @@ def worker_cmd(
             heartbeat_interval=heartbeat,
             on_event=progress,
             fuse=fuse,
+            memory_share=memory_share,
         )
     except KeyboardInterrupt:
         typer.echo(

@@ -138,11 +138,23 @@ def _first_difference(a: RunConfig, b: RunConfig) -> str:
 
 
 def _summary_of(config: RunConfig, input_shape: tuple[int, int, int], num_classes: int):
+    options = config.model.options()
+    key = (config.model.name, json.dumps(options, sort_keys=True), input_shape, num_classes)
+    return _cached_summary(key, options)
+
+
+_SUMMARIES: dict[tuple, Any] = {}
+
+
+def _cached_summary(key: tuple, options: Mapping[str, Any]):
+    """One layer summary per architecture and input: a study planner asks for the
+    same few dozens of times (one memory estimate per fusable key and worker count)."""
     from cnnlab.models.summary import summary
 
-    return summary(
-        config.model.name, input_shape, num_classes=num_classes, **config.model.options()
-    )
+    if key not in _SUMMARIES:
+        name, _, shape, classes = key
+        _SUMMARIES[key] = summary(name, shape, num_classes=classes, **options)
+    return _SUMMARIES[key]
 
 
 def member_bytes(
@@ -161,21 +173,29 @@ def member_bytes(
     return s.total_params * per_param + config.train.batch_size * per_sample
 
 
-def _free_bytes(device: torch.device) -> int:
+def _free_bytes(device: torch.device, share: float = 1.0) -> int:
+    """Memory a fused group may plan with: 80% of the GPU's free memory (half the
+    available RAM on a CPU), and no more than ``share`` of the device's total.
+
+    ``share`` is what a worker gets when several share one device (the study
+    runner gives each of W workers 1/W). It caps the total, not the free memory:
+    a worker that starts after the others have filled their groups sees less
+    free memory already, and dividing that again would shrink its groups twice.
+    """
     if device.type == "cuda":
-        free, _total = torch.cuda.mem_get_info(device)
-        return int(free * 0.8)
+        free, total = torch.cuda.mem_get_info(device)
+        return int(min(free, total * share) * 0.8)
     try:
         with open("/proc/meminfo") as fh:
             info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in fh}
-        return int(info["MemAvailable"] * 0.5)
+        return int(min(info["MemAvailable"], info["MemTotal"] * share) * 0.5)
     except (OSError, KeyError, ValueError):
-        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES") * 0.5)
+        page = os.sysconf("SC_PAGE_SIZE")
+        avail, total = os.sysconf("SC_AVPHYS_PAGES"), os.sysconf("SC_PHYS_PAGES")
+        return int(page * min(avail, total * share) * 0.5)
 
 
-def input_of(
-    config: RunConfig, splits: DataSplits | None
-) -> tuple[tuple[int, int, int], int]:
+def input_of(config: RunConfig, splits: DataSplits | None) -> tuple[tuple[int, int, int], int]:
     """(C, H, W) of the model's input and the number of classes, from the data or the config.
 
     Without the data (a study runner planning workers before loading anything),
@@ -204,6 +224,7 @@ def group_size_for(
     splits: DataSplits | None = None,
     max_size: int | None = None,
     free_bytes: int | None = None,
+    share: float = 1.0,
 ) -> int:
     """How many runs like ``config`` to fuse into one group on ``device``.
 
@@ -217,6 +238,8 @@ def group_size_for(
             (not fused), because fusing them is slower there (see _CPU_FUSE_MACS).
         free_bytes: memory to plan with; default 80% of the GPU's free memory, or
             half of the available RAM.
+        share: the fraction of the device this worker may use when it shares the
+            device with others (ignored with ``free_bytes``); see :func:`_free_bytes`.
 
     Returns:
         At least 1, even when one member alone does not seem to fit.
@@ -226,7 +249,7 @@ def group_size_for(
     data = sum(s.images.numel() for _, s in splits.items()) if splits is not None else 0
     if dev.type == "cpu" and max_size is None and step_macs(config, splits) > _CPU_FUSE_MACS:
         return 1
-    budget = (free_bytes if free_bytes is not None else _free_bytes(dev)) - data
+    budget = (free_bytes if free_bytes is not None else _free_bytes(dev, share)) - data
     cap = max_size or (_GPU_MAX_GROUP if dev.type == "cuda" else _CPU_MAX_GROUP)
     per = member_bytes(config, shape, classes)
     return int(max(1, min(cap, budget // max(per, 1))))

@@ -8,15 +8,19 @@ queue with local workers (in this process for one worker, ``cnnlab study
 worker`` subprocesses for more). Re-running it after a crash, a kill or a
 spec change therefore trains exactly what is missing.
 
-With ``fuse: auto`` runs that can train as one fused group (equal configs but
-for seed, lr, momentum and weight decay) are enqueued next to each other, so a
-worker popping in order fills whole groups. :func:`default_workers` picks one
-worker per GPU when runs fuse and several when they do not.
+Runs are enqueued longest first (:func:`~cnnlab.studies.worker.work_order`),
+and with ``fuse: auto`` runs that can train as one fused group (equal configs
+but for seed, lr, momentum and weight decay) next to each other, so a worker
+popping in order fills whole groups. :func:`default_workers` picks how many
+workers share each GPU; each plans its groups in its share of the memory.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -60,10 +64,11 @@ from cnnlab.studies.worker import (
     Worker,
     fuse_key,
     fuse_mode,
-    fuse_order,
+    group_size,
     set_threads,
     train_plan,
     with_device,
+    work_order,
 )
 
 log = logging.getLogger("cnnlab.studies")
@@ -277,19 +282,22 @@ def current_plans(spec: StudySpec, folder: StudyFolder) -> list[RunPlan]:
 
 
 def study_fusing(
-    mode: FuseMode, fusing: Fusing | None = None, run_fn: RunFn = train_plan
+    mode: FuseMode, fusing: Fusing | None = None, run_fn: RunFn = train_plan, share: float = 1.0
 ) -> Fusing | None:
     """The fusing policy a study's workers use, or None when they train runs one by one.
 
     ``fuse: off`` turns it off. So does a replaced single-run step (``run_fn``)
     given without a ``fusing`` of its own: the caller wants every run to go
-    through that step, and a fused group would not.
+    through that step, and a fused group would not. ``share``: the fraction of
+    the device the worker's groups may fill (several workers on one GPU).
     """
     if mode == "off":
         return None
     if fusing is not None:
         return fusing
-    return Fusing() if run_fn is train_plan else None
+    if run_fn is not train_plan:
+        return None
+    return Fusing() if share >= 1 else Fusing(size=functools.partial(group_size, share=share))
 
 
 MAX_WORKERS_PER_GPU = 4
@@ -308,25 +316,65 @@ class DeviceInfo:
     free_bytes: int | None = None  # free memory of the fullest of them
 
 
-def workers_for(info: DeviceInfo, *, fuses: bool, member_bytes: int | None = None) -> int:
-    """The default number of local workers.
+def workers_for(info: DeviceInfo, *, member_bytes: int | None = None) -> int:
+    """The default number of local workers for runs trained one at a time.
 
-    On a CPU, one per two cores. On GPUs, a fused group keeps its GPU busy, so
-    one worker per GPU; a single small run leaves it mostly idle, waiting on
-    the host between kernels, so runs that do not fuse get up to
-    :data:`MAX_WORKERS_PER_GPU` workers per GPU: as many as its free memory holds
-    (``member_bytes`` per run plus :data:`PROCESS_OVERHEAD_BYTES` per process)
-    and no more than there are CPU cores to drive them.
+    On a CPU, one per two cores. On GPUs, a single small run leaves its GPU
+    mostly idle, waiting on the host between kernels, so up to
+    :data:`MAX_WORKERS_PER_GPU` workers per GPU: as many as its free memory
+    holds (``member_bytes`` per run plus :data:`PROCESS_OVERHEAD_BYTES` per
+    process) and no more than there are CPU cores to drive them. (Fused runs:
+    :func:`fused_workers_per_gpu`.)
     """
     if info.kind != "cuda" or info.gpus < 1:
         return max(1, info.cores // 2)
-    if fuses:
-        return info.gpus
     per_gpu = MAX_WORKERS_PER_GPU
     if info.free_bytes is not None and member_bytes:
         per_gpu = min(per_gpu, info.free_bytes // (member_bytes + PROCESS_OVERHEAD_BYTES))
     per_gpu = min(per_gpu, info.cores // info.gpus)
     return info.gpus * max(1, per_gpu)
+
+
+def fused_workers_per_gpu(
+    runs: Mapping[Hashable | None, int],
+    size_at: Callable[[Hashable, int], int],
+    info: DeviceInfo,
+) -> int:
+    """How many fusing workers share each GPU: as many as can without any group shrinking.
+
+    A fused group of big steps keeps a GPU busy, but a group of small ones
+    (LeNet at batch 2 or 8) leaves it waiting on the host between steps, and
+    its hundreds of thousands of sequential steps would decide the study's wall
+    time while every other group waits its turn. Workers sharing a GPU fill
+    each other's gaps, and the long groups, queued first, start at once. Each
+    worker plans its groups in 1/W of the memory (less its process's
+    overhead), so W stops growing where that would split some key into more
+    groups than one worker with the whole GPU forms; W never exceeds the
+    groups there are to train, :data:`MAX_WORKERS_PER_GPU`, or the CPU cores
+    per GPU.
+
+    Args:
+        runs: runs to train per fusable key; key None counts runs that cannot
+            fuse (a group of one each).
+        size_at: ``(key, bytes) -> runs per fused group`` in that much memory.
+        info: the GPUs.
+    """
+    budget = int((info.free_bytes or 0) * 0.8)
+    gpus = max(1, info.gpus)
+
+    def groups(w: int) -> int:
+        share = max(0, budget // w - PROCESS_OVERHEAD_BYTES)
+        return sum(
+            n if k is None else math.ceil(n / max(1, size_at(k, share))) for k, n in runs.items()
+        )
+
+    alone = groups(1)
+    best = 1
+    for w in range(2, min(MAX_WORKERS_PER_GPU, info.cores // gpus) + 1):
+        if w * gpus > alone or groups(w) > alone:
+            break
+        best = w
+    return best
 
 
 def fused_share(keys: Sequence[Hashable | None], size_of: Callable[[Hashable], int]) -> float:
@@ -338,6 +386,39 @@ def fused_share(keys: Sequence[Hashable | None], size_of: Callable[[Hashable], i
     counts = Counter(k for k in keys if k is not None)
     fused = sum(n for k, n in counts.items() if n > 1 and size_of(k) > 1)
     return fused / len(keys) if keys else 0.0
+
+
+# Runs in a child process: reading free memory creates a CUDA context, which
+# would otherwise stay in the runner's process (several hundred MB of the GPU)
+# for the study's whole life while the workers train in their own processes.
+_FREE_MEMORY_SCRIPT = (
+    "import json, sys, torch\n"
+    "print(json.dumps([torch.cuda.mem_get_info(int(i))[0] for i in sys.argv[1:]]))\n"
+)
+
+
+def gpu_free_bytes(ids: Sequence[int]) -> list[int]:
+    """Free memory of each GPU in ``ids``, read without a CUDA context in this process.
+
+    Falls back to reading it here when the child process fails.
+    """
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _FREE_MEMORY_SCRIPT, *map(str, ids)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=True,
+        )
+        values = json.loads(done.stdout.strip().splitlines()[-1])
+        if len(values) != len(ids):
+            raise ValueError(f"{len(values)} value(s) for {len(ids)} GPU(s)")
+        return [int(v) for v in values]
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError) as exc:
+        log.warning("could not read GPU memory in a child process (%s); reading it here", exc)
+        import torch
+
+        return [int(torch.cuda.mem_get_info(i)[0]) for i in ids]
 
 
 def probe_device(device: str | None) -> DeviceInfo:
@@ -352,8 +433,7 @@ def probe_device(device: str | None) -> DeviceInfo:
         ids = [int(text.split(":", 1)[1])]
     else:
         ids = list(range(torch.cuda.device_count()))
-    free = min(int(torch.cuda.mem_get_info(i)[0]) for i in ids)
-    return DeviceInfo("cuda", cores, len(ids), free)
+    return DeviceInfo("cuda", cores, len(ids), min(gpu_free_bytes(ids)))
 
 
 def _engine_group_size(config: Any, free_bytes: int) -> int:
@@ -376,9 +456,10 @@ def default_workers(
     info: DeviceInfo | None = None,
     group_size: Callable[[Any, int], int] = _engine_group_size,
 ) -> int:
-    """The default worker count for ``plans`` on ``device`` (see :func:`workers_for`).
+    """The default worker count for ``plans`` on ``device``.
 
-    Runs "fuse" when at least half of them would train in groups of two or more.
+    Runs "fuse" when at least half of them would train in groups of two or more;
+    then :func:`fused_workers_per_gpu` sets the count, else :func:`workers_for`.
 
     Args:
         device: the study's device override (None: each run's own, ``auto`` by default).
@@ -390,26 +471,26 @@ def default_workers(
     """
     info = info or probe_device(device)
     if info.kind != "cuda":
-        return workers_for(info, fuses=False)
+        return workers_for(info)
     configs = [with_device(p.config, device) for p in plans]
     budget = int((info.free_bytes or 0) * 0.8)
     if fusing is not None and configs:
         keys = [fusing.key(c) for c in configs]
         example = {k: c for k, c in zip(keys, configs) if k is not None}
-        sizes: dict[Hashable, int] = {}
+        sizes: dict[tuple[Hashable, int], int] = {}
 
-        def size_of(key: Hashable) -> int:
-            if key not in sizes:
-                sizes[key] = group_size(example[key], budget)
-            return sizes[key]
+        def size_at(key: Hashable, free: int) -> int:
+            if (key, free) not in sizes:
+                sizes[key, free] = group_size(example[key], free)
+            return sizes[key, free]
 
-        if fused_share(keys, size_of) >= 0.5:
-            return workers_for(info, fuses=True)
+        if fused_share(keys, lambda k: size_at(k, budget)) >= 0.5:
+            return info.gpus * fused_workers_per_gpu(Counter(keys), size_at, info)
     # The biggest run sets how many fit. Runs that differ only in seed, lr or weight
     # decay take the same memory, so one of each fusable key (and momentum or not) is measured.
     distinct = {(fuse_key(c) or run_key(c), c.optim.momentum != 0): c for c in configs}
     biggest = max((_member_bytes(c) for c in distinct.values()), default=None)
-    return workers_for(info, fuses=False, member_bytes=biggest)
+    return workers_for(info, member_bytes=biggest)
 
 
 def _unreported(qs: KeyState | None) -> bool:
@@ -500,11 +581,11 @@ class StudyRunner:
         return active
 
     def enqueue_order(self, plans: list[RunPlan]) -> list[RunPlan]:
-        """The plans in the order to enqueue them: fusable runs adjacent when fusing."""
+        """The plans in the order to enqueue them: longest first, fusable runs adjacent when fusing."""
         fusing = self.active_fusing()
         if fusing is None:
-            return plans
-        return fuse_order(plans, lambda p: fusing.key(with_device(p.config, self.device)))
+            return work_order(plans, lambda p: None)
+        return work_order(plans, lambda p: fusing.key(with_device(p.config, self.device)))
 
     def answer_derived(self, plans: list[RunPlan]) -> int:
         return answer_derived(self.folder, plans)
@@ -561,15 +642,16 @@ class StudyRunner:
         else:
             self._work_in_subprocesses()
 
-    def _work_in_subprocesses(self) -> None:
-        """Start ``cnnlab study worker`` processes and follow the queue until they exit."""
-        cores = os.cpu_count() or 2
-        threads = self.threads or max(1, cores // self.workers)
+    def worker_commands(self, threads: int) -> list[list[str]]:
+        """The ``cnnlab study worker`` command line of each local worker process.
+
+        Workers spread over the GPUs; those that share one device each get
+        ``--memory-share 1/N`` so their fused groups together fit it.
+        """
         devices = _worker_devices(self.device, self.workers)
-        procs: list[subprocess.Popen] = []
-        self.folder.logs.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-        for i in range(self.workers):
+        sharing = Counter(devices)
+        commands = []
+        for device in devices:
             cmd = [
                 sys.executable, "-m", "cnnlab", "study", "worker",
                 "--storage", self.queue.url, "--name", self.spec.name,
@@ -577,8 +659,21 @@ class StudyRunner:
                 "--threads", str(threads), "--heartbeat", str(self.heartbeat_interval),
                 "--fuse", self.spec.fuse,
             ]  # fmt: skip
-            if devices[i]:
-                cmd += ["--device", devices[i]]
+            if device:
+                cmd += ["--device", device]
+            if sharing[device] > 1:
+                cmd += ["--memory-share", f"{1 / sharing[device]:.6g}"]
+            commands.append(cmd)
+        return commands
+
+    def _work_in_subprocesses(self) -> None:
+        """Start ``cnnlab study worker`` processes and follow the queue until they exit."""
+        cores = os.cpu_count() or 2
+        threads = self.threads or max(1, cores // self.workers)
+        procs: list[subprocess.Popen] = []
+        self.folder.logs.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        for i, cmd in enumerate(self.worker_commands(threads)):
             logfile = open(self.folder.logs / f"worker-{i}.log", "a")  # noqa: SIM115 - closed below
             procs.append(subprocess.Popen(cmd, stdout=logfile, stderr=subprocess.STDOUT, env=env))
             logfile.close()
@@ -728,6 +823,7 @@ def run_worker(
     fuse: str | None = None,
     run_fn: RunFn = train_plan,
     fusing: Fusing | None = None,
+    memory_share: float = 1.0,
 ) -> int:
     """Join a study's queue as one more worker; returns the number of runs trained.
 
@@ -735,8 +831,14 @@ def run_worker(
     study was started in (recorded in the store). With no storage, the
     study's default SQLite file is used. Runs fuse as the spec in the store
     says (``fuse``, ``auto`` when it has none) unless ``fuse`` overrides it.
+    ``memory_share`` (0 < share <= 1) is the fraction of the device's memory
+    this worker's fused groups may fill, for workers that share a GPU.
     """
     mode = fuse_mode(fuse, what="--fuse") if fuse is not None else None
+    if not 0 < memory_share <= 1:
+        raise StudyError(
+            f"--memory-share {memory_share!r} is not allowed; use a fraction above 0 and at most 1"
+        )
     if study_dir is not None:
         folder = StudyFolder(Path(study_dir).expanduser().resolve())
     elif root is not None:
@@ -768,7 +870,7 @@ def run_worker(
         folder,
         metric=spec_data.get("metric", "test_acc"),
         run_fn=run_fn,
-        fusing=study_fusing(mode, fusing, run_fn),
+        fusing=study_fusing(mode, fusing, run_fn, memory_share),
         device=device,
         on_event=on_event,
     )
@@ -849,6 +951,8 @@ __all__ = [
     "current_plans",
     "default_workers",
     "fused_share",
+    "fused_workers_per_gpu",
+    "gpu_free_bytes",
     "pull_results",
     "run_study",
     "run_worker",

@@ -152,11 +152,15 @@ def fuse_key(config: RunConfig) -> Hashable | None:
     return fusable_key(config)
 
 
-def group_size(config: RunConfig, data: DataCache) -> int:
-    """How many runs like ``config`` one fused group takes on its device (memory estimate)."""
+def group_size(config: RunConfig, data: DataCache, share: float = 1.0) -> int:
+    """How many runs like ``config`` one fused group takes on its device (memory estimate).
+
+    ``share``: the fraction of the device this worker may fill, when several
+    workers share it (see :func:`cnnlab.engine.fused.group_size_for`).
+    """
     from cnnlab.engine.fused import group_size_for
 
-    return group_size_for(config, splits=data.get(config.data))
+    return group_size_for(config, splits=data.get(config.data), share=share)
 
 
 def train_plans(
@@ -237,13 +241,38 @@ def group_closed(action: Admit, joined: int, size: int) -> bool:
     return action in ("alone", "carry") or joined >= size
 
 
-def fuse_order(
-    plans: Sequence[RunPlan], key: Callable[[RunPlan], Hashable | None]
-) -> list[RunPlan]:
-    """``plans`` with fusable runs next to each other, so FIFO popping forms full groups.
+# Without loading the data a planner does not know a training set's size; runs
+# without a subset are costed as if they had this many images, so runs on
+# unequal data sets compare by epochs and batch size alone.
+NOMINAL_TRAIN_IMAGES = 50_000
 
-    A stable sort by fusable key, keys in order of first appearance; a run that
-    cannot fuse (key None) keeps its own place.
+
+def sequential_steps(config: RunConfig) -> int:
+    """Optimizer steps a run takes one after another: epochs x batches per epoch.
+
+    A fused group takes as many steps as one member, however many members it
+    has, and on a GPU a small network's step costs about the same at batch 2
+    as at 256 (kernel launches, not arithmetic), so this, not the number of
+    examples, says how long a group trains there: LeNet at batch 2 takes 128
+    times as long as at batch 256.
+    """
+    images = config.data.subset or NOMINAL_TRAIN_IMAGES
+    return config.train.epochs * math.ceil(images / config.train.batch_size)
+
+
+def work_order(
+    plans: Sequence[RunPlan],
+    key: Callable[[RunPlan], Hashable | None],
+    steps: Callable[[RunPlan], float] = lambda plan: sequential_steps(plan.config),
+) -> list[RunPlan]:
+    """``plans`` in the order to queue them: longest work first, fusable runs side by side.
+
+    Runs with one fusable key are one unit, kept together so that FIFO popping
+    forms full groups; a run that cannot fuse (key None) is a unit of its own.
+    Units go longest first (``steps``, most first; ties keep the order of first
+    appearance): a long group started last would decide the study's wall time
+    while the other workers sit idle, whereas started first it overlaps
+    everything else. With one worker the total time is the same either way.
     """
     first: dict[Hashable, int] = {}
     slots = []
@@ -252,7 +281,10 @@ def fuse_order(
         slot = ("alone", i) if k is None else ("key", k)
         first.setdefault(slot, i)
         slots.append(first[slot])
-    order = sorted(range(len(plans)), key=slots.__getitem__)
+    cost: dict[int, float] = {}
+    for i, plan in enumerate(plans):
+        cost[slots[i]] = max(cost.get(slots[i], 0.0), float(steps(plan)))
+    order = sorted(range(len(plans)), key=lambda i: (-cost[slots[i]], slots[i]))
     return [plans[i] for i in order]
 
 
