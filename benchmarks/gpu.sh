@@ -6,8 +6,8 @@
 #   bash benchmarks/gpu.sh check              # CUDA-only tests + graph vs eager equality
 #   bash benchmarks/gpu.sh speed              # benchmarks/speed.py, every case, 4 loader workers
 #   bash benchmarks/gpu.sh eager              # the same LeNet cases without CUDA graphs
-#   bash benchmarks/gpu.sh study              # lenet-ablation recipe, fused, default workers per GPU
-#   bash benchmarks/gpu.sh study-one          # the same with one worker (is sharing the GPU worth it?)
+#   bash benchmarks/gpu.sh study              # lenet-ablation recipe, fused (one worker: runs/s, wall time)
+#   bash benchmarks/gpu.sh study-shared       # the same with 4 fusing workers sharing the GPU
 #   bash benchmarks/gpu.sh profile            # kernels and host syncs of ten LeNet steps
 #
 # The GPU image (Python 3.12, its own torch) lacks pydantic, optuna, captum and
@@ -17,7 +17,7 @@
 # to $OUT (the device tool's output folder), else ./gpu-results.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-step=${1:?usage: gpu.sh prepare|check|speed|eager|study|study-one|profile}
+step=${1:?usage: gpu.sh prepare|check|speed|eager|study|study-shared|profile}
 OUT=${OUT:-gpu-results}
 WHEELS="pydantic==2.14.3 pydantic-core==2.50.4 annotated-types==0.8.0 typing-inspection==0.4.5
 optuna==5.0.0 alembic==1.20.1 sqlalchemy==2.1.9 colorlog==6.12.0 mako==1.4.3 greenlet
@@ -54,11 +54,11 @@ case "$step" in
       --engine-option train.cuda_graph=false --out "$OUT/eager" 2>&1 | tee "$OUT/eager.log" ;;
   study)
     python3 benchmarks/study_speed.py --device cuda --fuse auto --out "$OUT/study" 2>&1 | tee "$OUT/study.log" ;;
-  study-one)
-    python3 benchmarks/study_speed.py --device cuda --fuse auto --workers 1 --out "$OUT/study-one" 2>&1 \
-      | tee "$OUT/study-one.log" ;;
+  study-shared)
+    python3 benchmarks/study_speed.py --device cuda --fuse auto --workers 4 --out "$OUT/study-shared" 2>&1 \
+      | tee "$OUT/study-shared.log" ;;
   profile)
     python3 benchmarks/profile_step.py --device cuda --out "$OUT/profile" 2>&1 | tee "$OUT/profile.log" ;;
   *)
-    echo "error: unknown step '$step'; use prepare, check, speed, eager, study, study-one or profile" >&2; exit 2 ;;
+    echo "error: unknown step '$step'; use prepare, check, speed, eager, study, study-shared or profile" >&2; exit 2 ;;
 esac

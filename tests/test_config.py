@@ -12,7 +12,15 @@ def test_defaults_are_the_textbook_baseline():
 
 
 def test_dotted_overrides_and_shorthands():
-    cfg = load_config(overrides=["model=resnet18", "model.stem=small", "data=cifar10", "optim.lr=0.1", "train.epochs=30"])
+    cfg = load_config(
+        overrides=[
+            "model=resnet18",
+            "model.stem=small",
+            "data=cifar10",
+            "optim.lr=0.1",
+            "train.epochs=30",
+        ]
+    )
     assert cfg.model.name == "resnet18" and cfg.model.options() == {"stem": "small"}
     assert cfg.data.name == "cifar10" and cfg.optim.lr == 0.1 and cfg.train.epochs == 30
 
@@ -75,8 +83,19 @@ def test_missing_and_non_mapping_files(tmp_path):
 
 
 def test_parse_overrides_types():
-    tree = parse_overrides(["model.blocks=[1,1,1]", "train.grad_clip=none", "data.augment.hflip=0.5", "model.residual=false"])
-    assert tree == {"model": {"blocks": [1, 1, 1], "residual": False}, "train": {"grad_clip": None}, "data": {"augment": {"hflip": 0.5}}}
+    tree = parse_overrides(
+        [
+            "model.blocks=[1,1,1]",
+            "train.grad_clip=none",
+            "data.augment.hflip=0.5",
+            "model.residual=false",
+        ]
+    )
+    assert tree == {
+        "model": {"blocks": [1, 1, 1], "residual": False},
+        "train": {"grad_clip": None},
+        "data": {"augment": {"hflip": 0.5}},
+    }
 
 
 def test_fingerprint_stable_and_sensitive():

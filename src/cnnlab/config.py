@@ -44,13 +44,19 @@ class DataConfig(_Section):
     root: str | None = Field(None, description="tree for the imagefolder data set")
     data_dir: str | None = Field(None, description="extra places to look (path list)")
     download: bool = False
-    val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="carved from train when the set has no val split")
+    val_fraction: float = Field(
+        0.1, ge=0.0, lt=1.0, description="carved from train when the set has no val split"
+    )
     split_seed: int = Field(0, description="seed of the train/val split (kept fixed across runs)")
-    subset: int | None = Field(None, ge=10, description="use only this many training images (stratified)")
+    subset: int | None = Field(
+        None, ge=10, description="use only this many training images (stratified)"
+    )
     test_subset: int | None = Field(None, ge=10, description="use only this many val/test images")
     resize: int | None = Field(None, ge=4, le=1024, description="resize images to this square size")
     normalize: bool = True
-    permute_pixels: bool = Field(False, description="apply one fixed pixel permutation to every image")
+    permute_pixels: bool = Field(
+        False, description="apply one fixed pixel permutation to every image"
+    )
     permute_seed: int = 0
     augment: AugmentConfig = AugmentConfig()
 
@@ -59,7 +65,9 @@ class DataConfig(_Section):
         from cnnlab.data import DATASETS
 
         if self.name not in DATASETS:
-            raise ValueError(f"data.name={self.name!r} is not a data set; choose one of: {', '.join(DATASETS.names())}")
+            raise ValueError(
+                f"data.name={self.name!r} is not a data set; choose one of: {', '.join(DATASETS.names())}"
+            )
         object.__setattr__(self, "name", normalize_name(self.name))
         return self
 
@@ -77,7 +85,9 @@ class ModelConfig(BaseModel):
         from cnnlab.models import MODELS, list_models, model_options
 
         if self.name not in MODELS and self.name not in list_models():
-            raise ValueError(f"model.name={self.name!r} is not a model; choose one of: {', '.join(list_models())}")
+            raise ValueError(
+                f"model.name={self.name!r} is not a model; choose one of: {', '.join(list_models())}"
+            )
         allowed = model_options(self.name)
         for key in self.options():
             if key not in allowed:
@@ -115,7 +125,9 @@ class ScheduleConfig(_Section):
     name: Literal["constant", "step", "multistep", "exponential", "cosine", "onecycle"] = "constant"
     step_size: int = Field(30, ge=1, description="step: epochs between decays")
     gamma: float = Field(0.1, gt=0.0, le=1.0, description="step/multistep/exponential decay factor")
-    milestones: list[int] = Field(default_factory=list, description="multistep: epochs at which to decay")
+    milestones: list[int] = Field(
+        default_factory=list, description="multistep: epochs at which to decay"
+    )
     warmup_epochs: float = Field(0.0, ge=0.0, description="cosine: linear warm-up length")
     min_lr: float = Field(0.0, ge=0.0, description="cosine: final lr")
     pct_start: float = Field(0.3, gt=0.0, lt=1.0, description="onecycle: fraction spent rising")
@@ -127,22 +139,30 @@ class TrainConfig(_Section):
     eval_batch_size: int = Field(1024, ge=1)
     seed: int = Field(0, ge=0, lt=2**63)
     deterministic: bool = False
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$", description="auto, cpu, cuda, cuda:N, mps")
+    device: str = Field(
+        "auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$", description="auto, cpu, cuda, cuda:N, mps"
+    )
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     channels_last: bool | Literal["auto"] = Field(
-        "auto", description="NHWC batches and weights; auto: conv nets on CPU (not small ones that pool only by tiled averages), and on CUDA with bf16/fp16"
+        "auto",
+        description="NHWC batches and weights; auto: conv nets on CPU (not small ones that pool only by tiled averages), and on CUDA with bf16/fp16",
     )
     compile: bool = False
     cuda_graph: bool | Literal["auto"] = Field(
-        "auto", description="replay each training step as one CUDA graph; auto: on CUDA when the run can"
+        "auto",
+        description="replay each training step as one CUDA graph; auto: on CUDA when the run can",
     )
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     grad_clip: float | None = Field(None, gt=0.0, description="max global gradient norm")
-    patience: int | None = Field(None, ge=1, description="early stopping: epochs without val improvement")
+    patience: int | None = Field(
+        None, ge=1, description="early stopping: epochs without val improvement"
+    )
     monitor: Literal["val_acc", "val_loss"] = "val_acc"
     test_every_epoch: bool = False
     tensorboard: bool = False
-    devices: int = Field(1, ge=1, le=1024, description="processes for a DistributedDataParallel run")
+    devices: int = Field(
+        1, ge=1, le=1024, description="processes for a DistributedDataParallel run"
+    )
 
     @field_validator("channels_last", "cuda_graph", mode="before")
     @classmethod
@@ -153,7 +173,9 @@ class TrainConfig(_Section):
         text = str(value).strip().lower()
         if text in ("true", "false"):
             return text == "true"
-        raise ValueError(f"train.{info.field_name}={value!r} is not allowed; use true, false or auto")
+        raise ValueError(
+            f"train.{info.field_name}={value!r} is not allowed; use true, false or auto"
+        )
 
 
 _SHORTHANDS = ("data", "model", "optim", "schedule")  # `model=resnet18` means `model.name=resnet18`
@@ -186,7 +208,9 @@ def _fmt(value: Any) -> str:
     return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
 
 
-def flatten(tree: Mapping[str, Any], prefix: str = "", skip_equal_to: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def flatten(
+    tree: Mapping[str, Any], prefix: str = "", skip_equal_to: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """``{"optim": {"lr": 1}}`` -> ``{"optim.lr": 1}``; with ``skip_equal_to``, only the differences."""
     out: dict[str, Any] = {}
     for key, value in tree.items():
@@ -217,7 +241,9 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise ConfigError(f"override {item!r} must look like key=value (for example optim.lr=0.05)")
+            raise ConfigError(
+                f"override {item!r} must look like key=value (for example optim.lr=0.05)"
+            )
         if key in _SHORTHANDS:
             key = f"{key}.name"
         set_dotted(tree, key, parse_value(raw))
@@ -230,7 +256,9 @@ def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     for part in parts[:-1]:
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise ConfigError(f"key {dotted!r} goes below {part!r}, which holds a value, not a section")
+            raise ConfigError(
+                f"key {dotted!r} goes below {part!r}, which holds a value, not a section"
+            )
         node = child
     node[parts[-1]] = value
 
@@ -241,7 +269,11 @@ def merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
     for key, value in update.items():
         if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
             old = dict(out[key])
-            if key == "model" and "name" in value and normalize_name(str(value["name"])) != normalize_name(str(old.get("name", ""))):
+            if (
+                key == "model"
+                and "name" in value
+                and normalize_name(str(value["name"])) != normalize_name(str(old.get("name", "")))
+            ):
                 old = {k: v for k, v in old.items() if k == "init"}
             out[key] = merge(old, value)
         else:
@@ -266,7 +298,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections (data, model, ...), got {type(data).__name__}")
+        raise ConfigError(
+            f"{path}: expected a mapping of sections (data, model, ...), got {type(data).__name__}"
+        )
     return data
 
 
@@ -290,7 +324,11 @@ def _allowed_keys(section: list[str]) -> list[str]:
     cls: type[BaseModel] = RunConfig
     for part in section:
         field = cls.model_fields.get(part)
-        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
+        if (
+            field is None
+            or not isinstance(field.annotation, type)
+            or not issubclass(field.annotation, BaseModel)
+        ):
             return []
         cls = field.annotation
     return sorted(cls.model_fields)

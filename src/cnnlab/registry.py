@@ -38,9 +38,7 @@ class Registry(Generic[T]):
         self.kind = kind
         self._entries: dict[str, Entry[T]] = {}
 
-    def register(
-        self, name: str, *, description: str = "", **meta: Any
-    ) -> Callable[[T], T]:
+    def register(self, name: str, *, description: str = "", **meta: Any) -> Callable[[T], T]:
         """Decorator registering ``obj`` under ``name``; returns ``obj`` unchanged."""
 
         def deco(obj: T) -> T:

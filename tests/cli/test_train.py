@@ -67,7 +67,10 @@ def test_train_evaluate_predict_export(tree, tmp_path, capsys):
 
     preds = tmp_path / "test.txt"
     probs = tmp_path / "probs.csv"
-    assert main(["predict", str(run), "--split", "test", "--out", str(preds), "--probs", str(probs)]) == 0
+    assert (
+        main(["predict", str(run), "--split", "test", "--out", str(preds), "--probs", str(probs)])
+        == 0
+    )
     lines = preds.read_text().splitlines()
     assert len(lines) == 40 and set(lines) <= set(CLASSES)
     assert probs.read_text().splitlines()[0].startswith("index,predicted,")
@@ -77,7 +80,9 @@ def test_train_evaluate_predict_export(tree, tmp_path, capsys):
     assert main(["predict", str(run), str(some), "--top-k", "2"]) == 0
     assert str(some) in capsys.readouterr().out
 
-    assert main(["export", str(run), "--format", "torchscript", "--out", str(tmp_path / "m.pt")]) == 0
+    assert (
+        main(["export", str(run), "--format", "torchscript", "--out", str(tmp_path / "m.pt")]) == 0
+    )
     assert (tmp_path / "m.pt").is_file()
 
     # a second train into the same name is refused and leaves the run intact
@@ -131,7 +136,7 @@ def test_devices_2_relaunches_under_torchrun_with_a_fixed_name(tree, tmp_path, m
     args.remove("--name")
     args.remove("r")
     assert main(args) == 0
-    (n, relaunched), = calls
+    ((n, relaunched),) = calls
     assert n == 2 and relaunched[0] == "train" and "train.devices=2" in relaunched
     name = relaunched[relaunched.index("--name") + 1]
     assert name.endswith("-lenet5-modern-imagefolder")

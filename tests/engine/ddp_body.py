@@ -26,4 +26,8 @@ OVERRIDES = [
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    train(load_config(overrides=OVERRIDES), run_dir=sys.argv[1], splits=make_splits(n_train=250, n_val=50, n_test=50))
+    train(
+        load_config(overrides=OVERRIDES),
+        run_dir=sys.argv[1],
+        splits=make_splits(n_train=250, n_val=50, n_test=50),
+    )

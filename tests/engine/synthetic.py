@@ -10,7 +10,9 @@ from cnnlab.data.stats import channel_stats
 CLASSES = ("top-left", "top-right", "bottom-left", "bottom-right")
 
 
-def patch_images(n: int, seed: int, size: int = 28, channels: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+def patch_images(
+    n: int, seed: int, size: int = 28, channels: int = 1
+) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     labels = torch.arange(n) % len(CLASSES)
     images = torch.randint(0, 60, (n, channels, size, size), generator=g, dtype=torch.uint8)
@@ -22,7 +24,9 @@ def patch_images(n: int, seed: int, size: int = 28, channels: int = 1) -> tuple[
     return images, labels
 
 
-def make_splits(n_train: int = 256, n_val: int = 64, n_test: int = 64, size: int = 28, channels: int = 1) -> DataSplits:
+def make_splits(
+    n_train: int = 256, n_val: int = 64, n_test: int = 64, size: int = 28, channels: int = 1
+) -> DataSplits:
     sets = []
     for split, n, seed in (("train", n_train, 0), ("val", n_val, 1), ("test", n_test, 2)):
         x, y = patch_images(n, seed, size, channels)

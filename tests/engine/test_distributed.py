@@ -23,9 +23,27 @@ def _env():
 @pytest.mark.slow
 def test_two_gloo_ranks_match_one_process(tmp_path):
     single, multi = tmp_path / "single", tmp_path / "multi"
-    subprocess.run([sys.executable, "-m", "tests.engine.ddp_body", str(single)], cwd=ROOT, env=_env(), check=True, timeout=300, capture_output=True)
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "tests.engine.ddp_body", str(multi)]
-    proc = subprocess.run(launcher, cwd=ROOT, env=_env(), timeout=300, capture_output=True, text=True, check=False)
+    subprocess.run(
+        [sys.executable, "-m", "tests.engine.ddp_body", str(single)],
+        cwd=ROOT,
+        env=_env(),
+        check=True,
+        timeout=300,
+        capture_output=True,
+    )
+    launcher = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "tests.engine.ddp_body",
+        str(multi),
+    ]
+    proc = subprocess.run(
+        launcher, cwd=ROOT, env=_env(), timeout=300, capture_output=True, text=True, check=False
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     a, b = read_metrics(single / "metrics.csv"), read_metrics(multi / "metrics.csv")

@@ -10,7 +10,14 @@ from cnnlab.engine.trainer import train
 from cnnlab.errors import DataError, RegistryError, RunError
 from tests.engine.synthetic import CLASSES, patch_images
 
-OVERRIDES = ["train.epochs=2", "train.batch_size=32", "train.device=cpu", "model=lenet5-modern", "optim.lr=0.05", "optim.momentum=0.9"]
+OVERRIDES = [
+    "train.epochs=2",
+    "train.batch_size=32",
+    "train.device=cpu",
+    "model=lenet5-modern",
+    "optim.lr=0.05",
+    "optim.momentum=0.9",
+]
 
 
 @pytest.fixture(scope="module")

@@ -348,7 +348,13 @@ def test_group_size_for_follows_memory():
     "extra",
     [
         ("model=lenet5", "data.augment.crop_padding=2", "data.augment.hflip=0.5"),
-        ("model=lenet5-bn", "optim=adam", "optim.lr=0.01", "schedule=cosine", "train.grad_clip=1.0"),
+        (
+            "model=lenet5-bn",
+            "optim=adam",
+            "optim.lr=0.01",
+            "schedule=cosine",
+            "train.grad_clip=1.0",
+        ),
     ],
     ids=["sgd-augment", "adam-bn-clip"],
 )
@@ -379,8 +385,9 @@ def test_graph_step_reads_only_its_buffers(tmp_path, patch_splits, monkeypatch, 
             assert torch.equal(value, _weights(b.path)[key]), key
 
 
-
-def test_a_failed_graph_capture_trains_eagerly_and_says_so_once(tmp_path, patch_splits, monkeypatch):
+def test_a_failed_graph_capture_trains_eagerly_and_says_so_once(
+    tmp_path, patch_splits, monkeypatch
+):
     from cnnlab.engine import accel
     from cnnlab.engine.fused import GRAPH_NOTE
 
@@ -402,6 +409,7 @@ def test_a_failed_graph_capture_trains_eagerly_and_says_so_once(tmp_path, patch_
         ]
         assert (b.path / "log.txt").read_text().count("capture failed") == 1  # 2 epochs, said once
         assert _metric_rows(a) == _metric_rows(b)
+
 
 def test_a_worker_sharing_the_device_plans_in_its_share_of_the_memory():
     from cnnlab.engine.fused import _free_bytes

@@ -14,9 +14,23 @@ pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 
 
-@pytest.mark.skipif(not DEBIAN.is_dir(), reason="Fashion-MNIST absent: apt install dataset-fashion-mnist")
+@pytest.mark.skipif(
+    not DEBIAN.is_dir(), reason="Fashion-MNIST absent: apt install dataset-fashion-mnist"
+)
 def test_one_epoch_of_modern_lenet_on_fashion_mnist(tmp_path, capsys):
-    code = main(["train", "model=lenet5-modern", "optim.lr=0.1", "optim.momentum=0.9", "train.epochs=1", "--runs", str(tmp_path), "--name", "real"])
+    code = main(
+        [
+            "train",
+            "model=lenet5-modern",
+            "optim.lr=0.1",
+            "optim.momentum=0.9",
+            "train.epochs=1",
+            "--runs",
+            str(tmp_path),
+            "--name",
+            "real",
+        ]
+    )
     assert code == 0
     out = capsys.readouterr().out
     assert "examples/sec on cpu" in out

@@ -18,7 +18,14 @@ ROOT = Path(__file__).resolve().parents[2]
 def _run(run_dir: Path, kill_at: str, resume: bool) -> int:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
-        [sys.executable, "-m", "tests.engine.killable", str(run_dir), kill_at, "1" if resume else "0"],
+        [
+            sys.executable,
+            "-m",
+            "tests.engine.killable",
+            str(run_dir),
+            kill_at,
+            "1" if resume else "0",
+        ],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -55,7 +62,10 @@ def test_sigkill_mid_epoch_and_ctrl_c_then_resume_is_bitwise_equal(tmp_path):
     for key in ref_w:
         assert torch.equal(ref_w[key], got_w[key]), key
 
-    ref_rows, got_rows = read_metrics(reference / "metrics.csv"), read_metrics(killed / "metrics.csv")
+    ref_rows, got_rows = (
+        read_metrics(reference / "metrics.csv"),
+        read_metrics(killed / "metrics.csv"),
+    )
     assert [r["epoch"] for r in got_rows] == [1, 2, 3]
     for a, b in zip(ref_rows, got_rows):
         for key in ("train_loss", "train_acc", "val_loss", "val_acc", "test_acc", "lr"):

@@ -22,9 +22,18 @@ def _torch_lrs(make_sched, lr, steps):
 @pytest.mark.parametrize(
     "cfg, make",
     [
-        (ScheduleConfig(name="step", step_size=3, gamma=0.5), lambda o: torch.optim.lr_scheduler.StepLR(o, 3, 0.5)),
-        (ScheduleConfig(name="multistep", milestones=[2, 5], gamma=0.1), lambda o: torch.optim.lr_scheduler.MultiStepLR(o, [2, 5], 0.1)),
-        (ScheduleConfig(name="exponential", gamma=0.9), lambda o: torch.optim.lr_scheduler.ExponentialLR(o, 0.9)),
+        (
+            ScheduleConfig(name="step", step_size=3, gamma=0.5),
+            lambda o: torch.optim.lr_scheduler.StepLR(o, 3, 0.5),
+        ),
+        (
+            ScheduleConfig(name="multistep", milestones=[2, 5], gamma=0.1),
+            lambda o: torch.optim.lr_scheduler.MultiStepLR(o, [2, 5], 0.1),
+        ),
+        (
+            ScheduleConfig(name="exponential", gamma=0.9),
+            lambda o: torch.optim.lr_scheduler.ExponentialLR(o, 0.9),
+        ),
     ],
 )
 def test_epoch_schedules_match_torch(cfg, make):
@@ -36,7 +45,9 @@ def test_epoch_schedules_match_torch(cfg, make):
 def test_cosine_matches_torch_without_warmup():
     cfg = ScheduleConfig(name="cosine", min_lr=0.01)
     ours = [lr_at(cfg, 0.5, s, steps_per_epoch=1, epochs=10) for s in range(10)]
-    ref = _torch_lrs(lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=10, eta_min=0.01), 0.5, 10)
+    ref = _torch_lrs(
+        lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=10, eta_min=0.01), 0.5, 10
+    )
     assert ours == pytest.approx(ref)
 
 
@@ -52,7 +63,18 @@ def test_onecycle_close_to_torch():
     cfg = ScheduleConfig(name="onecycle", pct_start=0.3)
     total = 100
     ours = [lr_at(cfg, 0.1, s, steps_per_epoch=10, epochs=10) for s in range(total)]
-    ref = _torch_lrs(lambda o: torch.optim.lr_scheduler.OneCycleLR(o, max_lr=0.1, total_steps=total, pct_start=0.3, anneal_strategy="cos", cycle_momentum=False), 0.1, total)
+    ref = _torch_lrs(
+        lambda o: torch.optim.lr_scheduler.OneCycleLR(
+            o,
+            max_lr=0.1,
+            total_steps=total,
+            pct_start=0.3,
+            anneal_strategy="cos",
+            cycle_momentum=False,
+        ),
+        0.1,
+        total,
+    )
     # torch anchors phases on step indices (total-1); ours on fractions of the run: close, not equal
     assert max(abs(a - b) for a, b in zip(ours, ref)) < 0.1 * 0.05
     assert max(ours) == pytest.approx(0.1, rel=0.02)

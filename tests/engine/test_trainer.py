@@ -10,7 +10,14 @@ from cnnlab.engine.run import Run, read_metrics
 from cnnlab.engine.trainer import summary_line, train
 from cnnlab.errors import CheckpointError, RunError
 
-BASE = ["train.epochs=2", "train.batch_size=32", "train.device=cpu", "model=lenet5-modern", "optim.lr=0.05", "optim.momentum=0.9"]
+BASE = [
+    "train.epochs=2",
+    "train.batch_size=32",
+    "train.device=cpu",
+    "model=lenet5-modern",
+    "optim.lr=0.05",
+    "optim.momentum=0.9",
+]
 
 
 def _cfg(*extra):
@@ -20,12 +27,25 @@ def _cfg(*extra):
 def test_run_folder_is_complete(tmp_path, patch_splits):
     run = train(_cfg(), run_dir=tmp_path / "r", splits=patch_splits)
     files = {p.name for p in run.path.iterdir()}
-    assert {"config.yaml", "metrics.csv", "summary.json", "curves.png", "log.txt", "checkpoints"} <= files
-    assert (run.path / "checkpoints" / "last.pt").is_file() and (run.path / "checkpoints" / "best.pt").is_file()
+    assert {
+        "config.yaml",
+        "metrics.csv",
+        "summary.json",
+        "curves.png",
+        "log.txt",
+        "checkpoints",
+    } <= files
+    assert (run.path / "checkpoints" / "last.pt").is_file() and (
+        run.path / "checkpoints" / "best.pt"
+    ).is_file()
     s = json.loads((run.path / "summary.json").read_text())
     assert s["status"] == "completed" and s["epochs_completed"] == 2
     assert s["versions"]["torch"] == torch.__version__ and s["device"] == "cpu"
-    assert len(s["data"]["fingerprint"]) == 16 and s["data"]["sizes"] == {"train": 256, "val": 64, "test": 64}
+    assert len(s["data"]["fingerprint"]) == 16 and s["data"]["sizes"] == {
+        "train": 256,
+        "val": 64,
+        "test": 64,
+    }
     rows = read_metrics(run.path / "metrics.csv")
     assert [r["epoch"] for r in rows] == [1, 2]
     assert rows[-1]["test_acc"] is not None and rows[0]["test_acc"] is None
@@ -33,7 +53,12 @@ def test_run_folder_is_complete(tmp_path, patch_splits):
     # the patch task is easy: a modern LeNet must learn it in two epochs
     assert s["final"]["test_acc"] > 0.6
     line = summary_line(s)
-    assert line.startswith("loss ") and "train acc" in line and "test acc" in line and line.endswith("examples/sec on cpu")
+    assert (
+        line.startswith("loss ")
+        and "train acc" in line
+        and "test acc" in line
+        and line.endswith("examples/sec on cpu")
+    )
     loaded = Run.load(run.path)
     assert loaded.status == "completed" and loaded.config == run.config
 
@@ -42,7 +67,9 @@ def test_same_seed_same_metrics_different_seed_differs(tmp_path, patch_splits):
     a = train(_cfg(), run_dir=tmp_path / "a", splits=patch_splits)
     b = train(_cfg(), run_dir=tmp_path / "b", splits=patch_splits)
     c = train(_cfg("train.seed=1"), run_dir=tmp_path / "c", splits=patch_splits)
-    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("examples_per_sec", "seconds")} for r in rows]
+    strip = lambda rows: [
+        {k: v for k, v in r.items() if k not in ("examples_per_sec", "seconds")} for r in rows
+    ]
     assert strip(a.metrics) == strip(b.metrics)
     assert strip(a.metrics) != strip(c.metrics)
     wa = ckpt.load_checkpoint(a.path / "checkpoints" / "last.pt")["model"]
@@ -51,7 +78,11 @@ def test_same_seed_same_metrics_different_seed_differs(tmp_path, patch_splits):
 
 
 def test_divergence_is_a_result(tmp_path, patch_splits):
-    run = train(_cfg("optim.lr=100", "optim.momentum=0.99", "train.epochs=3"), run_dir=tmp_path / "d", splits=patch_splits)
+    run = train(
+        _cfg("optim.lr=100", "optim.momentum=0.99", "train.epochs=3"),
+        run_dir=tmp_path / "d",
+        splits=patch_splits,
+    )
     s = run.summary
     assert s["status"] == "diverged"
     d = s["diverged"]
@@ -66,7 +97,11 @@ def test_divergence_is_a_result(tmp_path, patch_splits):
 
 def test_early_stopping_and_test_measured_once(tmp_path, patch_splits):
     # lr 0 never improves after the first epoch: patience 1 stops after epoch 2
-    run = train(_cfg("train.epochs=6", "train.patience=1", "optim.lr=1e-9", "optim.momentum=0"), run_dir=tmp_path / "e", splits=patch_splits)
+    run = train(
+        _cfg("train.epochs=6", "train.patience=1", "optim.lr=1e-9", "optim.momentum=0"),
+        run_dir=tmp_path / "e",
+        splits=patch_splits,
+    )
     rows = run.metrics
     assert len(rows) == 2 and rows[-1]["test_acc"] is not None
     assert any("early stopping" in n for n in run.summary["notes"])
@@ -103,12 +138,27 @@ def test_killed_after_the_last_checkpoint_resume_finishes_the_run(tmp_path, patc
 def test_resume_refuses_checkpoint_of_other_config(tmp_path, patch_splits):
     run = train(_cfg("train.epochs=1"), run_dir=tmp_path / "r", splits=patch_splits)
     with pytest.raises(CheckpointError, match="different config"):
-        train(_cfg("train.epochs=2", "optim.lr=0.01"), run_dir=run.path, resume=True, splits=patch_splits)
+        train(
+            _cfg("train.epochs=2", "optim.lr=0.01"),
+            run_dir=run.path,
+            resume=True,
+            splits=patch_splits,
+        )
 
 
 def test_augmentation_and_schedules_run(tmp_path, patch_splits):
     run = train(
-        _cfg("data.augment.crop_padding=2", "data.augment.hflip=0.5", "schedule=cosine", "schedule.warmup_epochs=1", "train.label_smoothing=0.1", "train.grad_clip=1.0", "optim=adamw", "optim.lr=0.003", "optim.weight_decay=0.01"),
+        _cfg(
+            "data.augment.crop_padding=2",
+            "data.augment.hflip=0.5",
+            "schedule=cosine",
+            "schedule.warmup_epochs=1",
+            "train.label_smoothing=0.1",
+            "train.grad_clip=1.0",
+            "optim=adamw",
+            "optim.lr=0.003",
+            "optim.weight_decay=0.01",
+        ),
         run_dir=tmp_path / "aug",
         splits=patch_splits,
     )
@@ -117,7 +167,9 @@ def test_augmentation_and_schedules_run(tmp_path, patch_splits):
 
 
 def test_precision_on_cpu_is_ignored_with_a_note(tmp_path, patch_splits):
-    run = train(_cfg("train.epochs=1", "train.precision=bf16"), run_dir=tmp_path / "p", splits=patch_splits)
+    run = train(
+        _cfg("train.epochs=1", "train.precision=bf16"), run_dir=tmp_path / "p", splits=patch_splits
+    )
     assert any("needs CUDA" in n for n in run.summary["notes"])
 
 
@@ -126,7 +178,11 @@ def test_channels_last_trains_the_same_network(tmp_path, patch_splits, model):
     # channels_last (auto on a CPU) only changes the memory layout, so the run must match
     # NCHW up to float summation order.
     runs = {
-        cl: train(_cfg(f"model={model}", "optim.lr=0.1", f"train.channels_last={cl}"), run_dir=tmp_path / cl, splits=patch_splits)
+        cl: train(
+            _cfg(f"model={model}", "optim.lr=0.1", f"train.channels_last={cl}"),
+            run_dir=tmp_path / cl,
+            splits=patch_splits,
+        )
         for cl in ("true", "false", "auto")
     }
     for cl in ("true", "auto"):
@@ -135,7 +191,10 @@ def test_channels_last_trains_the_same_network(tmp_path, patch_splits, model):
             for key in ("train_loss", "val_loss", "test_loss"):
                 if rb[key] is not None:
                     assert ra[key] == pytest.approx(rb[key], rel=1e-4, abs=1e-5), (cl, key)
-        wa, wb = (ckpt.load_checkpoint(r.path / "checkpoints" / "last.pt")["model"] for r in (runs[cl], runs["false"]))
+        wa, wb = (
+            ckpt.load_checkpoint(r.path / "checkpoints" / "last.pt")["model"]
+            for r in (runs[cl], runs["false"])
+        )
         for key in wb:
             if wb[key].is_floating_point():
                 assert torch.allclose(wa[key], wb[key], rtol=1e-3, atol=1e-4), (cl, key)
@@ -162,14 +221,21 @@ def test_per_epoch_augmentation_draws_equal_per_batch_transforms(patch_splits):
 
     images = patch_splits.train.images[:100]
     labels = patch_splits.train.labels[:100]
-    pipe = BatchPipeline(mean=(0.5,), std=(0.25,), augment=AugmentConfig(crop_padding=3, hflip=0.5, vflip=0.3)).to("cpu")
+    pipe = BatchPipeline(
+        mean=(0.5,), std=(0.25,), augment=AugmentConfig(crop_padding=3, hflip=0.5, vflip=0.3)
+    ).to("cpu")
     draws = epoch_draws(pipe, [7], 2, len(images), 32, 1, "cpu")
     batches = list(train_batches(images, labels, batch_size=32, seed=7, epoch=2, start_batch=1))
     assert len(draws) == len(batches) == 3
     for (b, xb, _y), d in zip(batches, draws):
         g = batch_generator(7, 2, b)
         x = T.normalize(xb, (0.5,), (0.25,))
-        want = T.random_flip(T.random_flip(T.random_crop(x, x.shape[-2:], 3, generator=g), 0.5, generator=g), 0.3, dim=-2, generator=g)
+        want = T.random_flip(
+            T.random_flip(T.random_crop(x, x.shape[-2:], 3, generator=g), 0.5, generator=g),
+            0.3,
+            dim=-2,
+            generator=g,
+        )
         assert torch.equal(pipe(xb, train=True, draws=d), want)
         assert torch.equal(pipe(xb, batch_generator(7, 2, b), train=True), want)
 
@@ -185,6 +251,10 @@ def test_unwritable_run_folder(tmp_path, patch_splits):
 
 def test_tensorboard_event_files(tmp_path, patch_splits):
     pytest.importorskip("tensorboard", reason="tensorboard not installed (optional extra)")
-    run = train(_cfg("train.epochs=1", "train.tensorboard=true"), run_dir=tmp_path / "tb", splits=patch_splits)
+    run = train(
+        _cfg("train.epochs=1", "train.tensorboard=true"),
+        run_dir=tmp_path / "tb",
+        splits=patch_splits,
+    )
     events = list((run.path / "tensorboard").rglob("events.out.tfevents.*"))
     assert events and all(e.stat().st_size > 0 for e in events)

@@ -23,13 +23,24 @@ from cnnlab.errors import CheckpointError
 from tests.engine.synthetic import make_splits
 
 ROOT = Path(__file__).resolve().parents[2]
-QUICK = ["train.epochs=3", "train.batch_size=64", "train.device=cpu", "model=lenet5-modern", "optim.lr=0.05", "optim.momentum=0.9"]
+QUICK = [
+    "train.epochs=3",
+    "train.batch_size=64",
+    "train.device=cpu",
+    "model=lenet5-modern",
+    "optim.lr=0.05",
+    "optim.momentum=0.9",
+]
 
 
 def _body(run_dir: Path, mode: str, resume: bool = False) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    args = [sys.executable, "-m", "tests.reliability.ckpt_body", str(run_dir), mode] + (["resume"] if resume else [])
-    return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
+    args = [sys.executable, "-m", "tests.reliability.ckpt_body", str(run_dir), mode] + (
+        ["resume"] if resume else []
+    )
+    return subprocess.run(
+        args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
 
 
 def _weights(path: Path) -> dict:
@@ -70,7 +81,9 @@ def test_disk_full_keeps_previous_checkpoint(tmp_path):
     proc = _body(run, "disk-full")
     assert proc.returncode == 2, proc.stderr[-2000:]
     err = proc.stderr.strip().splitlines()[-1]
-    assert err.startswith("error: could not write checkpoint") and "previous checkpoint is kept" in err
+    assert (
+        err.startswith("error: could not write checkpoint") and "previous checkpoint is kept" in err
+    )
     ckdir = run / "checkpoints"
     assert ckpt.load_checkpoint(ckdir / "last.pt")["state"]["epoch"] == 1
     assert _no_temp_files(ckdir)
@@ -92,7 +105,10 @@ def test_read_only_checkpoint_folder(tmp_path, monkeypatch):
     else:
         tmp_path.chmod(0o500)
     try:
-        with pytest.raises(CheckpointError, match=r"could not write checkpoint .*Permission denied.*previous checkpoint is kept"):
+        with pytest.raises(
+            CheckpointError,
+            match=r"could not write checkpoint .*Permission denied.*previous checkpoint is kept",
+        ):
             ckpt.save_checkpoint({"x": torch.zeros(2)}, path)
     finally:
         monkeypatch.undo()

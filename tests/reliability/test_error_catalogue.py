@@ -33,7 +33,14 @@ def env(tmp_path_factory):
             folder = tree / split / CLASSES[label]
             folder.mkdir(parents=True, exist_ok=True)
             Image.fromarray(img[0].numpy()).save(folder / f"{i:03d}.png")
-    args = ["train", "data=imagefolder", f"data.root={tree}", "model=lenet5-modern", "train.epochs=1", "train.batch_size=32"]
+    args = [
+        "train",
+        "data=imagefolder",
+        f"data.root={tree}",
+        "model=lenet5-modern",
+        "train.epochs=1",
+        "train.batch_size=32",
+    ]
     assert main([*args, "--runs", str(root / "runs"), "--name", "ok"]) == 0
     corrupt = root / "runs" / "corrupt"
     shutil.copytree(root / "runs" / "ok", corrupt)
@@ -44,10 +51,20 @@ def env(tmp_path_factory):
     (root / "list.yaml").write_text("- 1\n- 2\n")
     (root / "unknown.yaml").write_text("optim:\n  lrr: 0.1\n")
     (root / "bad.png").write_bytes(b"\x89PNG not really")
-    (root / "spec-unknown.yaml").write_text("name: s\nbase: {}\nvary:\n  optim.lr: [0.1]\nrepeatz: 3\n")
+    (root / "spec-unknown.yaml").write_text(
+        "name: s\nbase: {}\nvary:\n  optim.lr: [0.1]\nrepeatz: 3\n"
+    )
     (root / "spec-badkey.yaml").write_text("name: s\nbase: {}\nvary:\n  optim.lrr: [0.1]\n")
-    (root / "spec-badbase.yaml").write_text("name: s\nbase:\n  model:\n    name: lenet9\nvary:\n  optim.lr: [0.1]\n")
-    ctx = {"run": str(root / "runs" / "ok"), "corrupt": str(corrupt), "tmp": str(root), "tree": str(tree), "image": str(next((tree / "test" / CLASSES[0]).iterdir()))}
+    (root / "spec-badbase.yaml").write_text(
+        "name: s\nbase:\n  model:\n    name: lenet9\nvary:\n  optim.lr: [0.1]\n"
+    )
+    ctx = {
+        "run": str(root / "runs" / "ok"),
+        "corrupt": str(corrupt),
+        "tmp": str(root),
+        "tree": str(tree),
+        "image": str(next((tree / "test" / CLASSES[0]).iterdir())),
+    }
     yield ctx
     mp.undo()
 
@@ -65,7 +82,17 @@ CASES = [
     (["train", "unknown.key=1"], "unknown key 'unknown'"),
     (["train", "optim.lrr=1"], "unknown key 'optim.lrr'"),
     (["train", "model.wings=3"], "model.wings"),
-    (["train", "data=imagefolder", "data.root={tree}", "model.activation=swishy", "--runs", "{tmp}/r3"], "swishy"),
+    (
+        [
+            "train",
+            "data=imagefolder",
+            "data.root={tree}",
+            "model.activation=swishy",
+            "--runs",
+            "{tmp}/r3",
+        ],
+        "swishy",
+    ),
     (["train", "lr0.1"], "must look like key=value"),
     (["train", "data.val_fraction=1.5"], "data.val_fraction=1.5"),
     (["train", "train.device=tpu"], "train.device='tpu'"),
@@ -79,9 +106,18 @@ CASES = [
     (["train", "--resume", "{run}", "optim.lr=0.1"], "drop --config and the overrides"),
     (["train", "data=imagefolder"], "root"),
     (["train", "data=imagefolder", "data.root={tmp}/nowhere"], "nowhere"),
-    (["train", "data=imagefolder", "data.root={tree}", "model=alexnet", "--runs", "{tmp}/r2"], "cannot take input"),
-    (["train", "data=imagefolder", "data.root={tree}", "--runs", "{tmp}/runs", "--name", "ok"], "already holds a run"),
-    (["train", "data=imagefolder", "data.root={tree}", "--runs", "{tmp}/bad.png/runs"], "cannot write to run folder"),
+    (
+        ["train", "data=imagefolder", "data.root={tree}", "model=alexnet", "--runs", "{tmp}/r2"],
+        "cannot take input",
+    ),
+    (
+        ["train", "data=imagefolder", "data.root={tree}", "--runs", "{tmp}/runs", "--name", "ok"],
+        "already holds a run",
+    ),
+    (
+        ["train", "data=imagefolder", "data.root={tree}", "--runs", "{tmp}/bad.png/runs"],
+        "cannot write to run folder",
+    ),
     (["train", "--bogus"], "No such option"),
     # models
     (["summary", "lenet9"], "unknown model 'lenet9'"),
@@ -113,8 +149,14 @@ CASES = [
     # studies
     (["study", "run", "{tmp}/missing-spec.yaml"], "missing-spec.yaml"),
     (["study", "run", "{tmp}/evil.yaml"], "YAML"),
-    (["study", "run", "{tmp}/spec-unknown.yaml", "--root", "{tmp}/studies", "--dry-run"], "repeatz"),
-    (["study", "run", "{tmp}/spec-badkey.yaml", "--root", "{tmp}/studies", "--dry-run"], "optim.lrr"),
+    (
+        ["study", "run", "{tmp}/spec-unknown.yaml", "--root", "{tmp}/studies", "--dry-run"],
+        "repeatz",
+    ),
+    (
+        ["study", "run", "{tmp}/spec-badkey.yaml", "--root", "{tmp}/studies", "--dry-run"],
+        "optim.lrr",
+    ),
     (["study", "run", "{tmp}/spec-badbase.yaml", "--root", "{tmp}/studies", "--dry-run"], "lenet9"),
     (["study", "status", "no-such-study", "--root", "{tmp}/studies"], "no-such-study"),
     (["study", "report", "no-such-study", "--root", "{tmp}/studies"], "no-such-study"),

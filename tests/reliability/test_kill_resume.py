@@ -21,7 +21,10 @@ STEPS_PER_EPOCH, EPOCHS = 8, 3
 TIMELINE = [
     point
     for epoch in range(1, EPOCHS + 1)
-    for point in [f"step:{(epoch - 1) * STEPS_PER_EPOCH + b}" for b in range(1, STEPS_PER_EPOCH + 1)] + [f"epoch:{epoch}"]
+    for point in [
+        f"step:{(epoch - 1) * STEPS_PER_EPOCH + b}" for b in range(1, STEPS_PER_EPOCH + 1)
+    ]
+    + [f"epoch:{epoch}"]
 ]
 
 
@@ -44,4 +47,6 @@ def test_twenty_random_kills(tmp_path):
         assert torch.equal(ref_w[key], got_w[key]), key
     rows = read_metrics(killed / "metrics.csv")
     assert [r["epoch"] for r in rows] == list(range(1, EPOCHS + 1))
-    assert [r["val_acc"] for r in rows] == [r["val_acc"] for r in read_metrics(reference / "metrics.csv")]
+    assert [r["val_acc"] for r in rows] == [
+        r["val_acc"] for r in read_metrics(reference / "metrics.csv")
+    ]

@@ -60,9 +60,27 @@ def postgres_url():
         shutil.chown(base, "postgres")
     port = _free_port()
     try:
-        subprocess.run([*as_pg, str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust"], check=True, capture_output=True, timeout=120)
         subprocess.run(
-            [*as_pg, str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(base / "log"), "-w", "-t", "60", "-o", f"-h 127.0.0.1 -p {port} -k {base}", "start"],
+            [*as_pg, str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust"],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        subprocess.run(
+            [
+                *as_pg,
+                str(bin_dir / "pg_ctl"),
+                "-D",
+                str(data),
+                "-l",
+                str(base / "log"),
+                "-w",
+                "-t",
+                "60",
+                "-o",
+                f"-h 127.0.0.1 -p {port} -k {base}",
+                "start",
+            ],
             check=True,
             capture_output=True,
             timeout=120,
@@ -71,10 +89,29 @@ def postgres_url():
         shutil.rmtree(base, ignore_errors=True)
         pytest.skip(f"PostgreSQL could not start here: {exc}")
     try:
-        subprocess.run([str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "cnnlab"], check=True, capture_output=True, timeout=60)
+        subprocess.run(
+            [
+                str(bin_dir / "createdb"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "-U",
+                "postgres",
+                "cnnlab",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
         yield f"postgresql://postgres@127.0.0.1:{port}/cnnlab"
     finally:
-        subprocess.run([*as_pg, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True, timeout=60, check=False)
+        subprocess.run(
+            [*as_pg, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
         shutil.rmtree(base, ignore_errors=True)
 
 
@@ -82,7 +119,9 @@ def _cli(*args: str, log: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     # The child holds its own copy of the descriptor; ours can close at once.
     with open(log, "w") as fh:
-        return subprocess.Popen([sys.executable, "-m", "cnnlab", *args], stdout=fh, stderr=subprocess.STDOUT, env=env)
+        return subprocess.Popen(
+            [sys.executable, "-m", "cnnlab", *args], stdout=fh, stderr=subprocess.STDOUT, env=env
+        )
 
 
 def test_four_workers_on_postgres_with_one_killed(tmp_path, postgres_url):
@@ -94,7 +133,19 @@ def test_four_workers_on_postgres_with_one_killed(tmp_path, postgres_url):
     spec = spec_from_dict(data)
     root = tmp_path / "studies"
     common = ["--storage", postgres_url, "--heartbeat", "1"]
-    procs = [_cli("study", "run", str(spec_file), "--root", str(root), "--workers", "1", *common, log=tmp_path / "run.log")]
+    procs = [
+        _cli(
+            "study",
+            "run",
+            str(spec_file),
+            "--root",
+            str(root),
+            "--workers",
+            "1",
+            *common,
+            log=tmp_path / "run.log",
+        )
+    ]
     folder = StudyFolder.at(root, spec.name)
     deadline = time.time() + 120
     queue = None
@@ -105,7 +156,18 @@ def test_four_workers_on_postgres_with_one_killed(tmp_path, postgres_url):
             time.sleep(0.5)
     assert queue is not None, (tmp_path / "run.log").read_text()[-3000:]
     workers = [
-        _cli("study", "worker", "--name", spec.name, "--root", str(root), "--threads", "1", *common, log=tmp_path / f"w{i}.log")
+        _cli(
+            "study",
+            "worker",
+            "--name",
+            spec.name,
+            "--root",
+            str(root),
+            "--threads",
+            "1",
+            *common,
+            log=tmp_path / f"w{i}.log",
+        )
         for i in range(3)
     ]
     procs += workers
@@ -144,4 +206,9 @@ def test_four_workers_on_postgres_with_one_killed(tmp_path, postgres_url):
         assert summary["status"] == "completed" and summary["epochs_completed"] == 3
     log = (folder.run_dir(victim_key) / "log.txt").read_text()
     assert "resumed after epoch" in log, log  # finished from its checkpoint, not from scratch
-    assert victim_pid not in {(t.user_attrs.get("worker") or {}).get("pid") for t in queue.trials() if t.state.name == "COMPLETE" and (t.system_attrs.get("fixed_params") or {}).get("key") == victim_key}
+    assert victim_pid not in {
+        (t.user_attrs.get("worker") or {}).get("pid")
+        for t in queue.trials()
+        if t.state.name == "COMPLETE"
+        and (t.system_attrs.get("fixed_params") or {}).get("key") == victim_key
+    }

@@ -19,7 +19,6 @@ from cnnlab.studies.runner import (
     StudyRunner,
     default_workers,
     fused_share,
-    fused_workers_per_gpu,
     open_queue,
     run_worker,
     workers_for,
@@ -58,32 +57,6 @@ def test_process_overhead_counts_once_per_worker():
     assert workers_for(info, member_bytes=GiB) == 3
 
 
-def _per_member(member: int):
-    """``(key, bytes) -> group size`` for members of ``member`` bytes, at most 64 a group."""
-    return lambda key, free: max(1, min(64, free // member))
-
-
-def test_fusing_workers_share_a_gpu_while_no_group_shrinks():
-    # 18 keys of 10 runs, 40 MB a member (LeNet-sized): four workers lose nothing
-    runs = {f"k{i}": 10 for i in range(18)}
-    assert fused_workers_per_gpu(runs, _per_member(40 << 20), H100) == 4
-    # 2 GiB members: 62 GiB holds a group of 10 in each of two shares, not of three
-    assert fused_workers_per_gpu(runs, _per_member(2 * GiB), H100) == 2
-    # a key of 64 runs would form more groups in half the memory
-    assert fused_workers_per_gpu({"big": 64, "b": 2}, _per_member(GiB), H100) == 1
-
-
-def test_fusing_workers_are_bounded_by_the_groups_and_the_cores():
-    small = _per_member(1 << 20)
-    assert fused_workers_per_gpu({"only": 40}, small, H100) == 1  # one group: one worker
-    assert fused_workers_per_gpu({"a": 5, "b": 5}, small, H100) == 2
-    assert fused_workers_per_gpu({"a": 5, None: 7}, small, H100) == 4  # 7 runs train alone
-    two_gpus = DeviceInfo("cuda", cores=64, gpus=2, free_bytes=78 * GiB)
-    assert fused_workers_per_gpu({"a": 5, "b": 5, "c": 5}, small, two_gpus) == 1
-    few_cores = DeviceInfo("cuda", cores=2, gpus=1, free_bytes=78 * GiB)
-    assert fused_workers_per_gpu({f"k{i}": 3 for i in range(9)}, small, few_cores) == 2
-
-
 def test_fused_share():
     sizes = {"a": 8, "b": 8, "c": 1}
     assert fused_share([], sizes.__getitem__) == 0.0
@@ -101,9 +74,10 @@ def test_default_workers_for_the_lenet_ablation_on_a_made_up_gpu():
         sizes[config.train.batch_size] += 1
         return 64
 
-    # 18 fusable keys, none split by a quarter of the GPU: four workers share it
-    assert default_workers("cuda", plans, Fusing(), info=H100, group_size=size) == 4
-    assert sum(sizes.values()) == 18 * 5  # one estimate per fusable key and memory share
+    assert default_workers("cuda", plans, Fusing(), info=H100, group_size=size) == 1
+    assert sum(sizes.values()) == 18  # one estimate per fusable key
+    two = DeviceInfo("cuda", cores=32, gpus=2, free_bytes=78 * GiB)
+    assert default_workers("cuda", plans, Fusing(), info=two, group_size=size) == 2
     # fuse off, or groups of one: small runs, four workers on the GPU
     assert default_workers("cuda", plans, None, info=H100) == 4
     assert default_workers("cuda", plans, Fusing(), info=H100, group_size=lambda c, f: 1) == 4

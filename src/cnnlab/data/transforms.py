@@ -86,7 +86,9 @@ def random_crop(
     return crop_at(x, oy, ox, (th, tw))
 
 
-def crop_at(x: torch.Tensor, oy: torch.Tensor, ox: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+def crop_at(
+    x: torch.Tensor, oy: torch.Tensor, ox: torch.Tensor, size: Sequence[int]
+) -> torch.Tensor:
     """Each image's ``size`` window whose top-left corner is at ``(oy[i], ox[i])``.
 
     The deterministic half of :func:`random_crop`: a pipeline that draws its

@@ -133,7 +133,9 @@ class _NoForcedUnpickling:
         os.environ.update(self._saved)
 
 
-def load_checkpoint(path: Path, *, map_location: str | torch.device = "cpu", check_hash: bool = True) -> dict[str, Any]:
+def load_checkpoint(
+    path: Path, *, map_location: str | torch.device = "cpu", check_hash: bool = True
+) -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True``, after checking its sha256 sidecar.
 
     Raises:
@@ -145,9 +147,13 @@ def load_checkpoint(path: Path, *, map_location: str | torch.device = "cpu", che
     sidecar = path.with_name(path.name + ".sha256")
     if check_hash:
         if not sidecar.is_file():
-            raise CheckpointError(f"checkpoint {str(path)!r} has no {sidecar.name}; cannot verify it")
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} has no {sidecar.name}; cannot verify it"
+            )
         if not verify(path):
-            raise CheckpointError(f"checkpoint {str(path)!r} is corrupt (sha256 does not match {sidecar.name})")
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} is corrupt (sha256 does not match {sidecar.name})"
+            )
     try:
         with _NoForcedUnpickling():
             state = torch.load(path, map_location=map_location, weights_only=True)
@@ -157,7 +163,9 @@ def load_checkpoint(path: Path, *, map_location: str | torch.device = "cpu", che
             f"checkpoint {str(path)!r} refused: it cannot be loaded as plain weights ({first[:160]})"
         ) from None
     if not isinstance(state, dict):
-        raise CheckpointError(f"checkpoint {str(path)!r} holds {type(state).__name__}, expected a dict")
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} holds {type(state).__name__}, expected a dict"
+        )
     return state
 
 
@@ -198,7 +206,15 @@ def rng_state() -> dict[str, Any]:
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    np.random.set_state(
+        (
+            n["name"],
+            n["keys"].numpy().astype(np.uint32),
+            n["pos"],
+            n["has_gauss"],
+            n["cached_gaussian"],
+        )
+    )
     random.setstate(_python_state_from_tensor(state["python"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -206,7 +222,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def _python_state_to_tensor(state: tuple) -> dict[str, Any]:
     version, internal, gauss = state
-    return {"version": version, "internal": torch.tensor(internal, dtype=torch.int64), "gauss": gauss}
+    return {
+        "version": version,
+        "internal": torch.tensor(internal, dtype=torch.int64),
+        "gauss": gauss,
+    }
 
 
 def _python_state_from_tensor(state: dict[str, Any]) -> tuple:

@@ -24,11 +24,15 @@ def model_input(run: Run) -> dict[str, Any]:
     """What the model was trained on: channels, input size, classes, normalization."""
     info = run.summary.get("model_input")
     if not info:
-        raise RunError(f"run {str(run.path)!r} has no finished summary.json; train or resume it first")
+        raise RunError(
+            f"run {str(run.path)!r} has no finished summary.json; train or resume it first"
+        )
     return info
 
 
-def load_model(run: Run, checkpoint: str = "best", device: str | torch.device = "cpu") -> torch.nn.Module:
+def load_model(
+    run: Run, checkpoint: str = "best", device: str | torch.device = "cpu"
+) -> torch.nn.Module:
     """Rebuild the run's model and load ``best`` or ``last`` weights (weights_only)."""
     info = model_input(run)
     model = create_model(
@@ -54,10 +58,15 @@ def run_pipeline(run: Run) -> BatchPipeline:
 
 
 @torch.no_grad()
-def logits_for(model: torch.nn.Module, images: torch.Tensor, pipeline: BatchPipeline, batch_size: int = 1024) -> torch.Tensor:
+def logits_for(
+    model: torch.nn.Module, images: torch.Tensor, pipeline: BatchPipeline, batch_size: int = 1024
+) -> torch.Tensor:
     """Logits for uint8 images, in order, computed in batches."""
     device = next(model.parameters()).device
-    outs = [model(pipeline(x.to(device))).float().cpu() for x, _ in eval_batches(images, images[:, 0, 0, 0], batch_size)]
+    outs = [
+        model(pipeline(x.to(device))).float().cpu()
+        for x, _ in eval_batches(images, images[:, 0, 0, 0], batch_size)
+    ]
     return torch.cat(outs) if outs else torch.empty(0, 0)
 
 
@@ -80,11 +89,19 @@ def _split_data(run: Run, split: str):
     return getattr(splits, split), splits
 
 
-def evaluate_run(run: Run, split: str = "test", checkpoint: str = "best", device: str = "auto", write_png: bool = True) -> Evaluation:
+def evaluate_run(
+    run: Run,
+    split: str = "test",
+    checkpoint: str = "best",
+    device: str = "auto",
+    write_png: bool = True,
+) -> Evaluation:
     """Loss, accuracy, per-class accuracy and confusion matrix of a run on one split."""
     data, splits = _split_data(run, split)
     if len(data) == 0:
-        raise RunError(f"split {split!r} of {splits.name!r} is empty for this run (val_fraction=0?)")
+        raise RunError(
+            f"split {split!r} of {splits.name!r} is empty for this run (val_fraction=0?)"
+        )
     dev = resolve_device(device)
     model = load_model(run, checkpoint, dev)
     logits = logits_for(model, data.images, run_pipeline(run))
@@ -94,10 +111,26 @@ def evaluate_run(run: Run, split: str = "test", checkpoint: str = "best", device
     k = len(splits.classes)
     confusion = torch.bincount(labels * k + pred, minlength=k * k).reshape(k, k)
     totals = confusion.sum(1)
-    per_class = {c: (confusion[i, i] / totals[i]).item() if totals[i] else float("nan") for i, c in enumerate(splits.classes)}
-    result = Evaluation(split, checkpoint, loss, (pred == labels).float().mean().item(), per_class, confusion, tuple(splits.classes))
+    per_class = {
+        c: (confusion[i, i] / totals[i]).item() if totals[i] else float("nan")
+        for i, c in enumerate(splits.classes)
+    }
+    result = Evaluation(
+        split,
+        checkpoint,
+        loss,
+        (pred == labels).float().mean().item(),
+        per_class,
+        confusion,
+        tuple(splits.classes),
+    )
     if write_png:
-        result.confusion_png = plot_confusion(confusion, splits.classes, run.path / "confusion.png", title=f"{run.name} — {split} ({checkpoint})")
+        result.confusion_png = plot_confusion(
+            confusion,
+            splits.classes,
+            run.path / "confusion.png",
+            title=f"{run.name} — {split} ({checkpoint})",
+        )
     return result
 
 
@@ -119,7 +152,15 @@ def plot_confusion(confusion: torch.Tensor, classes, out: Path, title: str = "")
             for j in range(k):
                 v = int(confusion[i, j])
                 if v:
-                    ax.text(j, i, str(v), ha="center", va="center", fontsize=7, color="white" if norm[i, j] > 0.5 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        str(v),
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if norm[i, j] > 0.5 else "black",
+                    )
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     if title:
@@ -137,7 +178,9 @@ class SplitPredictions:
     probs: torch.Tensor  # N x K
 
 
-def predict_split(run: Run, split: str = "test", checkpoint: str = "best", device: str = "auto") -> SplitPredictions:
+def predict_split(
+    run: Run, split: str = "test", checkpoint: str = "best", device: str = "auto"
+) -> SplitPredictions:
     data, splits = _split_data(run, split)
     model = load_model(run, checkpoint, resolve_device(device))
     probs = logits_for(model, data.images, run_pipeline(run)).softmax(1)
@@ -151,14 +194,18 @@ def read_image_file(path: str | Path, in_channels: int, size: tuple[int, int]) -
     path = Path(path)
     try:
         with Image.open(path) as img:
-            img = img.convert("L" if in_channels == 1 else "RGB").resize((size[1], size[0]), Image.BILINEAR)
+            img = img.convert("L" if in_channels == 1 else "RGB").resize(
+                (size[1], size[0]), Image.BILINEAR
+            )
             import numpy as np
 
             arr = np.asarray(img, dtype=np.uint8)
     except FileNotFoundError:
         raise DataError(f"image file {str(path)!r} does not exist") from None
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
-        raise DataError(f"cannot read image file {str(path)!r}: not a readable image ({type(exc).__name__})") from None
+        raise DataError(
+            f"cannot read image file {str(path)!r}: not a readable image ({type(exc).__name__})"
+        ) from None
     t = torch.from_numpy(arr.copy())
     return t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1).contiguous()
 
@@ -170,7 +217,9 @@ class FilePrediction:
     top: list[tuple[str, float]]
 
 
-def predict_files(run: Run, files, checkpoint: str = "best", top_k: int = 3, device: str = "auto") -> list[FilePrediction]:
+def predict_files(
+    run: Run, files, checkpoint: str = "best", top_k: int = 3, device: str = "auto"
+) -> list[FilePrediction]:
     """Predict image files, converted, resized and normalized as in training."""
     info = model_input(run)
     size = tuple(info.get("image_size") or info["input_size"])
@@ -187,4 +236,11 @@ def predict_files(run: Run, files, checkpoint: str = "best", top_k: int = 3, dev
     return out
 
 
-__all__ = ["Evaluation", "build_pipeline", "evaluate_run", "load_model", "predict_files", "predict_split"]
+__all__ = [
+    "Evaluation",
+    "build_pipeline",
+    "evaluate_run",
+    "load_model",
+    "predict_files",
+    "predict_split",
+]

@@ -37,12 +37,18 @@ def _torchscript(model: torch.nn.Module, example: torch.Tensor, out: Path) -> No
     traced.save(str(out))
 
 
-EXPORTERS: Registry[Callable[[torch.nn.Module, torch.Tensor, Path], None]] = Registry("export format")
-EXPORTERS.add("onnx", _onnx, description="ONNX graph (opset chosen by torch), dynamic batch", suffix=".onnx")
+EXPORTERS: Registry[Callable[[torch.nn.Module, torch.Tensor, Path], None]] = Registry(
+    "export format"
+)
+EXPORTERS.add(
+    "onnx", _onnx, description="ONNX graph (opset chosen by torch), dynamic batch", suffix=".onnx"
+)
 EXPORTERS.add("torchscript", _torchscript, description="TorchScript via tracing", suffix=".pt")
 
 
-def export_run(run: Run, fmt: str = "onnx", out: str | Path | None = None, checkpoint: str = "best") -> Path:
+def export_run(
+    run: Run, fmt: str = "onnx", out: str | Path | None = None, checkpoint: str = "best"
+) -> Path:
     """Write the model in ``fmt`` and a ``.json`` with its input description; return the model path."""
     entry = EXPORTERS.entry(fmt)
     info = model_input(run)
@@ -59,6 +65,11 @@ def export_run(run: Run, fmt: str = "onnx", out: str | Path | None = None, check
             entry.obj(model, example, out)
     except OSError as exc:
         raise RunError(f"cannot write {str(out)!r}: {exc.strerror or exc}") from None
-    meta = {"format": entry.name, "checkpoint": checkpoint, "input": "float32 N x C x H x W, normalized", **info}
+    meta = {
+        "format": entry.name,
+        "checkpoint": checkpoint,
+        "input": "float32 N x C x H x W, normalized",
+        **info,
+    }
     out.with_suffix(out.suffix + ".json").write_text(json.dumps(meta, indent=2))
     return out

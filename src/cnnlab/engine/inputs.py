@@ -37,8 +37,6 @@ def _empty(like: ImageSet, split: str) -> ImageSet:
     return like.subset(torch.empty(0, dtype=torch.int64), split=split)
 
 
-
-
 def _subset(s: ImageSet, n: int | None, seed: int) -> ImageSet:
     if n is None or n >= len(s):
         return s
@@ -52,17 +50,31 @@ def prepare_splits(splits: DataSplits, cfg: DataConfig) -> DataSplits:
     Missing val/test splits become empty ones so the loop needs no special cases.
     """
     train = _subset(splits.train, cfg.subset, cfg.split_seed)
-    val = _subset(splits.val if splits.val is not None else _empty(splits.train, "val"), cfg.test_subset, cfg.split_seed + 1)
-    test = _subset(splits.test if splits.test is not None else _empty(splits.train, "test"), cfg.test_subset, cfg.split_seed + 2)
+    val = _subset(
+        splits.val if splits.val is not None else _empty(splits.train, "val"),
+        cfg.test_subset,
+        cfg.split_seed + 1,
+    )
+    test = _subset(
+        splits.test if splits.test is not None else _empty(splits.train, "test"),
+        cfg.test_subset,
+        cfg.split_seed + 2,
+    )
     if cfg.permute_pixels:
         h, w = splits.image_size
         perm = T.pixel_permutation(h, w, cfg.permute_seed)
-        train, val, test = (replace(s, images=T.permute_pixels(s.images, perm)) for s in (train, val, test))
+        train, val, test = (
+            replace(s, images=T.permute_pixels(s.images, perm)) for s in (train, val, test)
+        )
     if len(train) == 0:
         raise DataError(f"data set {splits.name!r} has an empty training split")
-    bad = [v for v in (*splits.mean, *splits.std) if not math.isfinite(v)] + [v for v in splits.std if v <= 0]
+    bad = [v for v in (*splits.mean, *splits.std) if not math.isfinite(v)] + [
+        v for v in splits.std if v <= 0
+    ]
     if bad:
-        raise DataError(f"data set {splits.name!r} has invalid statistics (mean {splits.mean}, std {splits.std}); the images may be corrupt")
+        raise DataError(
+            f"data set {splits.name!r} has invalid statistics (mean {splits.mean}, std {splits.std}); the images may be corrupt"
+        )
     return replace(splits, train=train, val=val, test=test)
 
 
@@ -70,10 +82,18 @@ def input_size(splits: DataSplits, cfg: DataConfig) -> tuple[int, int]:
     return (cfg.resize, cfg.resize) if cfg.resize else tuple(splits.image_size)
 
 
-def build_pipeline(splits: DataSplits, cfg: DataConfig, *, channels_last: bool = False) -> BatchPipeline:
+def build_pipeline(
+    splits: DataSplits, cfg: DataConfig, *, channels_last: bool = False
+) -> BatchPipeline:
     size = (cfg.resize, cfg.resize) if cfg.resize else None
     mean, std = (splits.mean, splits.std) if cfg.normalize else ((), ())
-    return BatchPipeline(mean=tuple(mean), std=tuple(std), size=size, augment=cfg.augment, channels_last=channels_last)
+    return BatchPipeline(
+        mean=tuple(mean),
+        std=tuple(std),
+        size=size,
+        augment=cfg.augment,
+        channels_last=channels_last,
+    )
 
 
 def to_device(s: ImageSet, device: torch.device) -> ImageSet:

@@ -15,17 +15,37 @@ from torch import nn
 from cnnlab.config import OptimConfig
 from cnnlab.registry import Registry
 
-OPTIMIZERS: Registry[Callable[[Iterable, OptimConfig], torch.optim.Optimizer]] = Registry("optimizer")
+OPTIMIZERS: Registry[Callable[[Iterable, OptimConfig], torch.optim.Optimizer]] = Registry(
+    "optimizer"
+)
 
 OPTIMIZERS.add(
     "sgd",
     lambda params, c: torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov),
     description="stochastic gradient descent (momentum, nesterov)",
 )
-OPTIMIZERS.add("adam", lambda params, c: torch.optim.Adam(params, lr=c.lr, betas=c.betas, eps=c.eps), description="Adam")
-OPTIMIZERS.add("adamw", lambda params, c: torch.optim.AdamW(params, lr=c.lr, betas=c.betas, eps=c.eps, weight_decay=0.0), description="AdamW (decoupled decay)")
-OPTIMIZERS.add("adagrad", lambda params, c: torch.optim.Adagrad(params, lr=c.lr, eps=c.eps), description="Adagrad")
-OPTIMIZERS.add("rmsprop", lambda params, c: torch.optim.RMSprop(params, lr=c.lr, momentum=c.momentum, eps=c.eps), description="RMSprop")
+OPTIMIZERS.add(
+    "adam",
+    lambda params, c: torch.optim.Adam(params, lr=c.lr, betas=c.betas, eps=c.eps),
+    description="Adam",
+)
+OPTIMIZERS.add(
+    "adamw",
+    lambda params, c: torch.optim.AdamW(
+        params, lr=c.lr, betas=c.betas, eps=c.eps, weight_decay=0.0
+    ),
+    description="AdamW (decoupled decay)",
+)
+OPTIMIZERS.add(
+    "adagrad",
+    lambda params, c: torch.optim.Adagrad(params, lr=c.lr, eps=c.eps),
+    description="Adagrad",
+)
+OPTIMIZERS.add(
+    "rmsprop",
+    lambda params, c: torch.optim.RMSprop(params, lr=c.lr, momentum=c.momentum, eps=c.eps),
+    description="RMSprop",
+)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -37,7 +57,10 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
                 continue
             is_weight = name == "weight" and isinstance(module, (nn.Conv2d, nn.Linear))
             (decay if is_weight else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
     return [g for g in groups if g["params"]]
 
 
@@ -59,7 +82,11 @@ def _kaiming(module: nn.Module) -> None:
 
 INITS: Registry[Callable[[nn.Module], None] | None] = Registry("init")
 INITS.add("default", None, description="each layer's own PyTorch initialization")
-INITS.add("xavier", _xavier, description="Xavier/Glorot uniform on conv and linear weights (the textbook's)")
+INITS.add(
+    "xavier",
+    _xavier,
+    description="Xavier/Glorot uniform on conv and linear weights (the textbook's)",
+)
 INITS.add("kaiming", _kaiming, description="Kaiming/He normal on conv, uniform on linear weights")
 
 

@@ -72,7 +72,9 @@ class RunFolder:
         atomic_write_text(self.path / "metrics.csv", buf.getvalue())
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        atomic_write_text(self.path / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
+        atomic_write_text(
+            self.path / "summary.json", json.dumps(summary, indent=2, default=str) + "\n"
+        )
 
     def log(self, line: str) -> None:
         with open(self.path / "log.txt", "a") as fh:
@@ -163,7 +165,14 @@ class Run:
 
         return evaluate_run(self, split=split, checkpoint=checkpoint, device=device)
 
-    def predict(self, split: str | None = "test", files: list[str | Path] | None = None, checkpoint: str = "best", top_k: int = 3, device: str = "auto"):
+    def predict(
+        self,
+        split: str | None = "test",
+        files: list[str | Path] | None = None,
+        checkpoint: str = "best",
+        top_k: int = 3,
+        device: str = "auto",
+    ):
         from cnnlab.engine.evaluate import predict_files, predict_split
 
         if files:

@@ -65,7 +65,9 @@ def _onecycle(cfg: ScheduleConfig, lr: float, epoch: float, epochs: int) -> floa
     return end + (peak - end) * 0.5 * (1 + math.cos(math.pi * u))
 
 
-def lr_at(cfg: ScheduleConfig, base_lr: float, step: int, steps_per_epoch: int, epochs: int) -> float:
+def lr_at(
+    cfg: ScheduleConfig, base_lr: float, step: int, steps_per_epoch: int, epochs: int
+) -> float:
     """The lr for optimizer step ``step`` (0-based) of a run of ``epochs`` epochs."""
     epoch = step / max(steps_per_epoch, 1)
     return SCHEDULES.get(cfg.name)(cfg, base_lr, epoch, epochs)

@@ -339,9 +339,7 @@ def train(
         if _as_graph_group(cfg, ctx, device):
             from cnnlab.engine.fused import train_group
 
-            return train_group(
-                [cfg], [path], splits=splits, callback=callback, resume=resume
-            )[0]
+            return train_group([cfg], [path], splits=splits, callback=callback, resume=resume)[0]
         return _train(cfg, path, ctx, device, resume, emit, splits, t_start)
     finally:
         D.teardown(ctx)
@@ -363,9 +361,7 @@ def _as_graph_group(cfg: RunConfig, ctx: D.DistContext, device: torch.device) ->
 
     if fusable_key(cfg) is None:
         return False
-    return single_run_as_graph(
-        cfg.train.cuda_graph, device, cfg.train.compile, step_macs(cfg)
-    )
+    return single_run_as_graph(cfg.train.cuda_graph, device, cfg.train.compile, step_macs(cfg))
 
 
 def _train(
@@ -413,9 +409,7 @@ def _train(
     )
     init_weights(model, cfg.model.init)
     model.to(device)
-    channels_last = use_channels_last(
-        cfg.train.channels_last, model, device, cfg.train.precision
-    )
+    channels_last = use_channels_last(cfg.train.channels_last, model, device, cfg.train.precision)
     pipeline = build_pipeline(splits, cfg.data, channels_last=channels_last).to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
@@ -601,9 +595,7 @@ def _train(
                 # step; later steps (on accelerators, the rest of the epoch) change neither.
                 fresh = ~finite & ~nonfinite
                 first_bad = torch.where(fresh, state.step + 1, first_bad)
-                last_finite = torch.where(
-                    finite & ~nonfinite, loss.detach().float(), last_finite
-                )
+                last_finite = torch.where(finite & ~nonfinite, loss.detach().float(), last_finite)
                 nonfinite |= ~finite
                 if every_step or b + 1 == steps_per_epoch:
                     if ctx.enabled:
@@ -611,7 +603,9 @@ def _train(
                         D.all_reduce_sum(flag)
                         nonfinite = flag > 0
                     if nonfinite.item():
-                        diverged = _divergence(cfg, epoch, first_bad, last_finite, state, steps_per_epoch)
+                        diverged = _divergence(
+                            cfg, epoch, first_bad, last_finite, state, steps_per_epoch
+                        )
                         break
                 scaler.step(optimizer)
                 scaler.update()

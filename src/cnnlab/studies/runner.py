@@ -11,8 +11,9 @@ spec change therefore trains exactly what is missing.
 Runs are enqueued longest first (:func:`~cnnlab.studies.worker.work_order`),
 and with ``fuse: auto`` runs that can train as one fused group (equal configs
 but for seed, lr, momentum and weight decay) next to each other, so a worker
-popping in order fills whole groups. :func:`default_workers` picks how many
-workers share each GPU; each plans its groups in its share of the memory.
+popping in order fills whole groups. :func:`default_workers` picks one
+worker per GPU when runs fuse and several when they do not; workers that
+share a device plan their fused groups in their share of its memory.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import math
 import os
 import signal
 import subprocess
@@ -324,7 +324,7 @@ def workers_for(info: DeviceInfo, *, member_bytes: int | None = None) -> int:
     :data:`MAX_WORKERS_PER_GPU` workers per GPU: as many as its free memory
     holds (``member_bytes`` per run plus :data:`PROCESS_OVERHEAD_BYTES` per
     process) and no more than there are CPU cores to drive them. (Fused runs:
-    :func:`fused_workers_per_gpu`.)
+    one worker per GPU, see :func:`default_workers`.)
     """
     if info.kind != "cuda" or info.gpus < 1:
         return max(1, info.cores // 2)
@@ -333,48 +333,6 @@ def workers_for(info: DeviceInfo, *, member_bytes: int | None = None) -> int:
         per_gpu = min(per_gpu, info.free_bytes // (member_bytes + PROCESS_OVERHEAD_BYTES))
     per_gpu = min(per_gpu, info.cores // info.gpus)
     return info.gpus * max(1, per_gpu)
-
-
-def fused_workers_per_gpu(
-    runs: Mapping[Hashable | None, int],
-    size_at: Callable[[Hashable, int], int],
-    info: DeviceInfo,
-) -> int:
-    """How many fusing workers share each GPU: as many as can without any group shrinking.
-
-    A fused group of big steps keeps a GPU busy, but a group of small ones
-    (LeNet at batch 2 or 8) leaves it waiting on the host between steps, and
-    its hundreds of thousands of sequential steps would decide the study's wall
-    time while every other group waits its turn. Workers sharing a GPU fill
-    each other's gaps, and the long groups, queued first, start at once. Each
-    worker plans its groups in 1/W of the memory (less its process's
-    overhead), so W stops growing where that would split some key into more
-    groups than one worker with the whole GPU forms; W never exceeds the
-    groups there are to train, :data:`MAX_WORKERS_PER_GPU`, or the CPU cores
-    per GPU.
-
-    Args:
-        runs: runs to train per fusable key; key None counts runs that cannot
-            fuse (a group of one each).
-        size_at: ``(key, bytes) -> runs per fused group`` in that much memory.
-        info: the GPUs.
-    """
-    budget = int((info.free_bytes or 0) * 0.8)
-    gpus = max(1, info.gpus)
-
-    def groups(w: int) -> int:
-        share = max(0, budget // w - PROCESS_OVERHEAD_BYTES)
-        return sum(
-            n if k is None else math.ceil(n / max(1, size_at(k, share))) for k, n in runs.items()
-        )
-
-    alone = groups(1)
-    best = 1
-    for w in range(2, min(MAX_WORKERS_PER_GPU, info.cores // gpus) + 1):
-        if w * gpus > alone or groups(w) > alone:
-            break
-        best = w
-    return best
 
 
 def fused_share(keys: Sequence[Hashable | None], size_of: Callable[[Hashable], int]) -> float:
@@ -459,7 +417,7 @@ def default_workers(
     """The default worker count for ``plans`` on ``device``.
 
     Runs "fuse" when at least half of them would train in groups of two or more;
-    then :func:`fused_workers_per_gpu` sets the count, else :func:`workers_for`.
+    then one worker per GPU, else :func:`workers_for`.
 
     Args:
         device: the study's device override (None: each run's own, ``auto`` by default).
@@ -477,15 +435,20 @@ def default_workers(
     if fusing is not None and configs:
         keys = [fusing.key(c) for c in configs]
         example = {k: c for k, c in zip(keys, configs) if k is not None}
-        sizes: dict[tuple[Hashable, int], int] = {}
+        sizes: dict[Hashable, int] = {}
 
-        def size_at(key: Hashable, free: int) -> int:
-            if (key, free) not in sizes:
-                sizes[key, free] = group_size(example[key], free)
-            return sizes[key, free]
+        def size_of(key: Hashable) -> int:
+            if key not in sizes:
+                sizes[key] = group_size(example[key], budget)
+            return sizes[key]
 
-        if fused_share(keys, lambda k: size_at(k, budget)) >= 0.5:
-            return info.gpus * fused_workers_per_gpu(Counter(keys), size_at, info)
+        if fused_share(keys, size_of) >= 0.5:
+            # One fusing worker per GPU. Several would interleave (without MPS
+            # their kernels take turns), which could fill a small-batch group's
+            # gaps but could as well stretch the longest group, the study's
+            # critical path, by the others' time slices; unmeasured, so not
+            # the default (benchmarks/gpu.sh study-shared measures it).
+            return info.gpus
     # The biggest run sets how many fit. Runs that differ only in seed, lr or weight
     # decay take the same memory, so one of each fusable key (and momentum or not) is measured.
     distinct = {(fuse_key(c) or run_key(c), c.optim.momentum != 0): c for c in configs}
@@ -951,7 +914,6 @@ __all__ = [
     "current_plans",
     "default_workers",
     "fused_share",
-    "fused_workers_per_gpu",
     "gpu_free_bytes",
     "pull_results",
     "run_study",
