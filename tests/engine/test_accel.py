@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from cnnlab.config import load_config
+from cnnlab.engine import accel
 from cnnlab.engine import distributed as D
 from cnnlab.engine.accel import GRAPH_MAX_STEP_MACS, single_run_as_graph
 from cnnlab.engine.fused import step_macs
@@ -100,3 +101,22 @@ def test_cuda_graph_policy():
     assert not use_cuda_graph("auto", cuda, compiled=True)
     assert not use_cuda_graph(True, cpu, compiled=False)
     assert not use_cuda_graph(False, cuda, compiled=False)
+
+
+def test_a_numbered_gpu_is_made_current_and_nothing_else_is(monkeypatch):
+    # Streams, pinned staging and graph capture act on the current device: a run on
+    # cuda:1 must make it current (tested without a GPU by recording the call).
+    calls = []
+    monkeypatch.setattr(torch.cuda, "set_device", calls.append)
+    for device in ("cuda:1", "cuda", "cpu"):
+        accel.make_current(torch.device(device))
+    assert calls == [torch.device("cuda", 1)]
+
+
+def test_releasing_device_memory_touches_no_gpu_on_a_cpu(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append("empty"))
+    accel.release_device_memory(torch.device("cpu"))
+    assert calls == []
+    accel.release_device_memory(torch.device("cuda", 0))
+    assert calls == ["empty"]

@@ -423,3 +423,36 @@ def test_a_worker_sharing_the_device_plans_in_its_share_of_the_memory():
     cfg = load_config(overrides=["train.device=cpu", "train.batch_size=4"])
     assert group_size_for(cfg, share=1.0) == 8
     assert group_size_for(cfg, share=1e-9) == 1  # not even one member fits its share
+
+
+@pytest.mark.parametrize("graph", [False, True])
+def test_a_finished_group_is_freed_without_the_cyclic_collector(
+    tmp_path, patch_splits, monkeypatch, graph
+):
+    # A study worker trains group after group in one process and sizes each from the
+    # device's free memory: a finished group (its K x P weights, its data on the device,
+    # its CUDA graph's memory pool) must go when train_group returns, not when gc runs.
+    import gc
+    import weakref
+
+    from cnnlab.engine import accel, fused
+
+    groups = []
+    init = fused._Group.__init__
+
+    def recording_init(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        groups.append(weakref.ref(self))
+
+    monkeypatch.setattr(fused._Group, "__init__", recording_init)
+    if graph:
+        monkeypatch.setitem(accel.GRAPH_STEP, "cpu", accel.EagerGraphStep)
+        monkeypatch.setattr(accel, "use_cuda_graph", lambda setting, device, compiled: True)
+    cfgs = _cfgs(MEMBERS[:2], "train.batch_size=48")
+    gc.disable()
+    try:
+        runs = train_group(cfgs, [tmp_path / f"r{i}" for i in range(2)], splits=patch_splits)
+        assert len(groups) == 1 and groups[0]() is None
+    finally:
+        gc.enable()
+    assert all(r.status == "completed" for r in runs)

@@ -29,6 +29,7 @@ Each rule here was chosen by measurement (docs/benchmarks.md has the numbers):
 from __future__ import annotations
 
 import ctypes
+import gc
 import platform
 from typing import Literal
 
@@ -162,6 +163,29 @@ def single_run_as_graph(
     return setting is True or macs <= GRAPH_MAX_STEP_MACS
 
 
+def make_current(device: torch.device) -> None:
+    """Make ``cuda:N`` the current CUDA device of this process (no-op elsewhere).
+
+    Streams, pinned-memory staging and graph capture act on the current device;
+    a run on ``cuda:1`` whose process left GPU 0 current would create a
+    context there and capture its graph on a stream of the wrong GPU.
+    """
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)
+
+
+def release_device_memory(device: torch.device) -> None:
+    """Return a finished run's or group's cached GPU memory (no-op elsewhere).
+
+    A study worker trains group after group in one process and sizes each from
+    the GPU's free memory; what the caching allocator still holds from the last
+    one would count as used.
+    """
+    if device.type == "cuda":
+        gc.collect()
+        torch.cuda.empty_cache()
+
+
 class CudaGraphStep:
     """Run a step function eagerly a few times, then capture it once and replay it.
 
@@ -171,6 +195,12 @@ class CudaGraphStep:
     (lazy initialisation, cuDNN workspaces, autograd's accumulators); they are
     real training steps. If capture fails (an operation that cannot be
     recorded), the step runs eagerly from then on and :attr:`failure` says why.
+
+    Everything runs with ``device`` current and captures on a stream of that
+    device: ``torch.cuda.graph`` without a stream would capture on one made on
+    whichever device was current when it was first used (GPU 0), and the
+    kernels of a ``cuda:1`` step would escape the graph. What a replay returns
+    is the graph's own output tensor, overwritten by the next replay.
     """
 
     warmup = 3
@@ -182,6 +212,7 @@ class CudaGraphStep:
         self.graph = None
         self.out = None
         self.failure: str | None = None
+        self._stream = None
 
     def __call__(self):
         self.calls += 1
@@ -190,18 +221,32 @@ class CudaGraphStep:
         if self.graph is not None:
             self.graph.replay()
             return self.out
-        if self.calls <= self.warmup:
-            side = torch.cuda.Stream(self.device)
-            side.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(side):
-                out = self.step()
-            torch.cuda.current_stream(self.device).wait_stream(side)
-            return out
+        with torch.cuda.device(self.device):
+            if self._stream is None:
+                self._stream = torch.cuda.Stream(self.device)
+            if self.calls <= self.warmup:
+                return self._warm_up()
+            return self._capture()
+
+    def _warm_up(self):
+        current = torch.cuda.current_stream(self.device)
+        self._stream.wait_stream(current)
+        with torch.cuda.stream(self._stream):
+            out = self.step()
+        current.wait_stream(self._stream)
+        return out
+
+    def _capture(self):
+        current = torch.cuda.current_stream(self.device)
         graph = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(graph):
+            with torch.cuda.graph(graph, stream=self._stream):
                 out = self.step()
         except RuntimeError as exc:
+            # torch.cuda.graph ends the capture before it restores the stream, so a
+            # capture that fails there leaves its stream current: put ours back.
+            torch.cuda.set_stream(current)
+            torch.cuda.synchronize(self.device)
             # Nothing ran during the failed capture: run this step eagerly.
             self.failure = " ".join(str(exc).split())[:200]
             return self.step()

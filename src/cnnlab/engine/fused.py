@@ -33,6 +33,7 @@ import math
 import os
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -184,6 +185,8 @@ def _free_bytes(device: torch.device, share: float = 1.0) -> int:
     """
     if device.type == "cuda":
         free, total = torch.cuda.mem_get_info(device)
+        # What this process's caching allocator holds but does not use is free to it.
+        free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
         return int(min(free, total * share) * 0.8)
     try:
         with open("/proc/meminfo") as fh:
@@ -673,16 +676,19 @@ class _Group:
             isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0
             for m in self.stack.template.modules()
         )
+        # The closures take locals, not self: a group referring to itself through
+        # train_fn would outlive train_group until the cyclic collector ran.
         template, smoothing = self.stack.template, self.cfg.train.label_smoothing
+        autocast = self.autocast
 
         def member_loss(params, buffers, x, y):
-            with self.autocast:
+            with autocast:
                 out = functional_call(template, (params, buffers), (x,))
                 loss = F.cross_entropy(out.float(), y, label_smoothing=smoothing)
             return loss, (out.argmax(1) == y).sum()
 
         def member_eval(params, buffers, x, y):
-            with self.autocast:
+            with autocast:
                 out = functional_call(template, (params, buffers), (x,))
             return F.cross_entropy(out.float(), y, reduction="sum"), (out.argmax(1) == y).sum()
 
@@ -764,7 +770,8 @@ def train_group(
         callback: ``callback(event, info)``: "start", "step", "epoch", "end" and
             "note" like the trainer's; per-member events ("epoch", "end") carry ``member``
             and ``path``; "step" has the trainer's keys (mean loss, member 0's lr) plus
-            ``losses`` (a device tensor) and ``lrs``.
+            ``losses`` (a device tensor, overwritten by the next step when steps
+            replay a CUDA graph: clone it to keep it) and ``lrs``.
         resume: continue from the members' ``last.pt``; all members must stop at the
             same point (a group that was interrupted together).
 
@@ -783,6 +790,7 @@ def train_group(
     paths = [prepare_run_dir(c, Path(d), None, Path("."), resume) for c, d in zip(cfgs, run_dirs)]
     device = resolve_device(cfg.train.device)
     accel.keep_freed_host_memory(device)
+    accel.make_current(device)
     notes: list[str] = [f"trained in a fused group of {len(cfgs)}"] if len(cfgs) > 1 else []
     if device.type != "cuda" and cfg.train.precision != "fp32":
         notes.append(
@@ -876,6 +884,9 @@ def train_group(
                     f"interrupted at epoch {m.state.epoch + 1} batch {m.state.batch}; resume with: cnnlab train --resume {m.path}"
                 )
         raise
+    finally:
+        del group
+        accel.release_device_memory(device)
     return [Run.load(m.path) for m in members]
 
 
@@ -945,7 +956,11 @@ class _Step:
         self.idx = torch.zeros(k, bs, dtype=torch.int64, device=device)
         self.draws: torch.Tensor | None = None
         self.coef: dict[str, torch.Tensor] = {}
-        self.graph = accel.GRAPH_STEP[device.type](self._fixed, device) if use_graph else None
+        # The graph calls this step back through a weak reference: holding the bound
+        # method would make step and graph a cycle, which keeps the graph's memory
+        # pool and the group's tensors until the cyclic collector runs.
+        fixed = weakref.WeakMethod(self._fixed)
+        self.graph = accel.GRAPH_STEP[device.type](lambda: fixed()(), device) if use_graph else None
 
     def start_epoch(self, loss_sum, correct, running, step: int) -> None:
         self.loss_sum.copy_(loss_sum)

@@ -35,6 +35,8 @@ from cnnlab.engine import distributed as D
 from cnnlab.engine.accel import (
     check_every_step,
     keep_freed_host_memory,
+    make_current,
+    release_device_memory,
     single_run_as_graph,
     use_channels_last,
 )
@@ -334,6 +336,7 @@ def train(
     path = prepare_run_dir(cfg, Path(run_dir) if run_dir else None, name, Path(runs_root), resume)
     ctx, device = D.setup(resolve_device(cfg.train.device))
     keep_freed_host_memory(device)
+    make_current(device)
     path = Path(D.broadcast_text(str(path), ctx))
     try:
         if _as_graph_group(cfg, ctx, device):
@@ -343,6 +346,7 @@ def train(
         return _train(cfg, path, ctx, device, resume, emit, splits, t_start)
     finally:
         D.teardown(ctx)
+        release_device_memory(device)
 
 
 def _as_graph_group(cfg: RunConfig, ctx: D.DistContext, device: torch.device) -> bool:
