@@ -41,7 +41,18 @@ FASHION_FILES = (
     "t10k-labels-idx1-ubyte",
 )
 FASHION_SYSTEM = Path("/usr/share/datasets/fashion-mnist")
-CIFAR_JPEG = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifar-10-jpeg.tar.gz"
+
+
+def _cifar_archive(name: str = "cifar-10-jpeg.tar.gz") -> Path:
+    """The CIFAR-10 JPEG archive: in $CNNLAB_DATA when there (where benchmarks/gpu.sh
+    carries it to the GPU machine), else beside the checkout in ../shared/data."""
+    carried = Path(os.environ.get("CNNLAB_DATA") or "/nonexistent") / name
+    if carried.is_file():
+        return carried
+    return Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / name
+
+
+CIFAR_JPEG = _cifar_archive()
 
 
 @dataclass

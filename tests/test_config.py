@@ -103,3 +103,22 @@ def test_fingerprint_stable_and_sensitive():
     assert a.fingerprint() == b.fingerprint()
     assert a.fingerprint() != load_config(overrides=["optim.lr=0.2"]).fingerprint()
     assert "optim.lr=0.1" in a.short()
+
+
+def test_resume_fingerprint_ignores_only_which_gpu():
+    def fp(*overrides):
+        return load_config(overrides=["optim.lr=0.1", *overrides])
+
+    assert (
+        fp("train.device=cuda:0").resume_fingerprint()
+        == fp("train.device=cuda:1").resume_fingerprint()
+    )
+    assert (
+        fp("train.device=cuda:1").resume_fingerprint()
+        == fp("train.device=cuda").resume_fingerprint()
+    )
+    assert fp("train.device=cuda:0").fingerprint() != fp("train.device=cuda:1").fingerprint()
+    assert (
+        fp("train.device=cpu").resume_fingerprint() != fp("train.device=cuda").resume_fingerprint()
+    )
+    assert fp().resume_fingerprint() != fp("optim.lr=0.2").resume_fingerprint()

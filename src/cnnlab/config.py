@@ -200,8 +200,23 @@ class RunConfig(_Section):
 
     def fingerprint(self) -> str:
         """Stable hash of the resolved config (studies key run folders by it)."""
-        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return _hash(self.to_dict())
+
+    def resume_fingerprint(self) -> str:
+        """:meth:`fingerprint` with the GPU's number left out (``cuda:1`` counts as ``cuda``).
+
+        What a checkpoint must match to resume: a study's workers each own one
+        GPU, and a run interrupted on one may be picked up by another's worker.
+        """
+        tree = self.to_dict()
+        if str(tree["train"]["device"]).startswith("cuda:"):
+            tree["train"]["device"] = "cuda"
+        return _hash(tree)
+
+
+def _hash(tree: Mapping[str, Any]) -> str:
+    blob = json.dumps(tree, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def _fmt(value: Any) -> str:

@@ -77,3 +77,13 @@ def test_the_textbook_network_is_built_from_torch_stock_layers(monkeypatch):
     x = torch.randn(4, 1, 28, 28)
     assert torch.allclose(stock(x), ours(x), atol=1e-6)
     sys.modules.pop("textbook_loop", None)
+
+
+def test_the_cifar_archive_is_found_where_the_gpu_kit_carries_it(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    textbook_loop = importlib.import_module("textbook_loop")
+    (tmp_path / "cifar-10-jpeg.tar.gz").write_bytes(b"")
+    monkeypatch.setenv("CNNLAB_DATA", str(tmp_path))
+    assert textbook_loop._cifar_archive() == tmp_path / "cifar-10-jpeg.tar.gz"
+    monkeypatch.setenv("CNNLAB_DATA", str(tmp_path / "elsewhere"))
+    assert textbook_loop._cifar_archive().parent.name == "data"  # ../shared/data

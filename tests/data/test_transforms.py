@@ -121,10 +121,13 @@ def test_same_results_on_gpu() -> None:
         lambda t, g: T.random_flip(t, 0.5, generator=g),
         lambda t, g: T.random_flip(t, 0.3, dim=-2, generator=g),
         lambda t, g: T.permute_pixels(t, T.pixel_permutation(32, 32, 1)),
-        lambda t, g: T.resize(t, 40),
     ]
     for step in steps:
         assert torch.equal(step(x, _g(7)), step(x.cuda(), _g(7)).cpu())
+    # Resizing uint8 rounds many exact .5 ties, which the GPU's summation order may
+    # round the other way: one grey level, never more.
+    cpu, gpu = T.resize(x, 40), T.resize(x.cuda(), 40).cpu()
+    assert cpu.shape == gpu.shape and (cpu.int() - gpu.int()).abs().max() <= 1
     assert torch.allclose(
         T.normalize(x, (0.4,) * 3, (0.2,) * 3), T.normalize(x.cuda(), (0.4,) * 3, (0.2,) * 3).cpu()
     )

@@ -70,3 +70,25 @@ def test_sigkill_mid_epoch_and_ctrl_c_then_resume_is_bitwise_equal(tmp_path):
     for a, b in zip(ref_rows, got_rows):
         for key in ("train_loss", "train_acc", "val_loss", "val_acc", "test_acc", "lr"):
             assert a[key] == b[key], (key, a, b)
+
+
+def test_a_checkpoint_resumes_its_config_on_any_gpu_and_old_ones_need_the_exact_config():
+    from cnnlab.config import load_config
+
+    on0, on1 = (load_config(overrides=[f"train.device=cuda:{i}"]) for i in (0, 1))
+    saved = ckpt.fingerprints(on0)
+    assert ckpt.resumes(saved, on0) and ckpt.resumes(saved, on1)
+    assert not ckpt.resumes(saved, load_config(overrides=["train.device=cuda:1", "optim.lr=0.5"]))
+    old = {"config_fingerprint": on0.fingerprint()}  # written before resume_fingerprint
+    assert ckpt.resumes(old, on0) and not ckpt.resumes(old, on1)
+
+
+def test_cuda_rng_states_of_gpus_this_process_does_not_see_are_dropped(monkeypatch):
+    state = ckpt.rng_state()
+    state["cuda"] = [torch.zeros(8, dtype=torch.uint8) + i for i in range(8)]  # saved with 8 GPUs
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.extend)
+    ckpt.set_rng_state(state)
+    assert [int(s[0]) for s in restored] == [0, 1]

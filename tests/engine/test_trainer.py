@@ -258,3 +258,16 @@ def test_tensorboard_event_files(tmp_path, patch_splits):
     )
     events = list((run.path / "tensorboard").rglob("events.out.tfevents.*"))
     assert events and all(e.stat().st_size > 0 for e in events)
+
+
+def test_deterministic_mode_does_not_outlive_its_run():
+    # A study worker trains run after run in one process; the switch is process-wide.
+    from cnnlab.engine.trainer import seed_everything
+
+    try:
+        seed_everything(0, deterministic=True)
+        assert torch.are_deterministic_algorithms_enabled()
+        seed_everything(0, deterministic=False)
+        assert not torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)

@@ -15,6 +15,7 @@ import hashlib
 import io
 import os
 import random
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -203,6 +204,24 @@ def rng_state() -> dict[str, Any]:
     return state
 
 
+def fingerprints(cfg: Any) -> dict[str, str]:
+    """What a checkpoint records of the config that wrote it (see :func:`resumes`)."""
+    return {
+        "config_fingerprint": cfg.fingerprint(),
+        "resume_fingerprint": cfg.resume_fingerprint(),
+    }
+
+
+def resumes(saved: Mapping[str, Any], cfg: Any) -> bool:
+    """Whether checkpoint ``saved`` can continue ``cfg``: the same config, on any GPU.
+
+    Checkpoints from before ``resume_fingerprint`` need the exact config.
+    """
+    if "resume_fingerprint" in saved:
+        return saved["resume_fingerprint"] == cfg.resume_fingerprint()
+    return saved.get("config_fingerprint") == cfg.fingerprint()
+
+
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
@@ -217,7 +236,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
     )
     random.setstate(_python_state_from_tensor(state["python"]))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        # One state per GPU the saving process saw; this one may see fewer.
+        torch.cuda.set_rng_state_all(state["cuda"][: torch.cuda.device_count()])
 
 
 def _python_state_to_tensor(state: tuple) -> dict[str, Any]:

@@ -726,7 +726,7 @@ class _Group:
             "scaler": scaler.state_dict(),
             "state": m.state.to_dict(),
             "rng": ckpt.rng_state(),
-            "config_fingerprint": m.cfg.fingerprint(),
+            **ckpt.fingerprints(m.cfg),
         }
 
     def save_last(self, m: _Member) -> None:
@@ -911,7 +911,7 @@ def _restore(group: _Group) -> None:
                 raise
             points.append((0, 0, 0))
             continue
-        if saved.get("config_fingerprint") != m.cfg.fingerprint():
+        if not ckpt.resumes(saved, m.cfg):
             raise CheckpointError(
                 f"checkpoint {str(used)!r} was written by a different config; resume needs the run's own config.yaml"
             )
@@ -1201,7 +1201,7 @@ def _train_epochs(
                 best = {
                     "model": stack.state_dict(j),
                     "epoch": epoch + 1,
-                    "config_fingerprint": m.cfg.fingerprint(),
+                    **ckpt.fingerprints(m.cfg),
                 }
                 ckpt.save_checkpoint(best, m.folder.checkpoints / "best.pt", keep_previous=False)
             else:

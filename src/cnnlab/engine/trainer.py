@@ -89,9 +89,12 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+    # Set either way: the switch is process-wide, and a study worker's next run
+    # must not inherit the last one's. (cuBLAS reads CUBLAS_WORKSPACE_CONFIG once
+    # per process; for deterministic matrix products on CUDA set it beforehand.)
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
 
 
@@ -452,13 +455,14 @@ def _train(
             saved, used = None, None
             notes.append(f"no checkpoint to resume from ({exc}); starting from the beginning")
         if saved is not None:
-            if saved.get("config_fingerprint") != cfg.fingerprint():
+            if not ckpt.resumes(saved, cfg):
                 raise CheckpointError(
                     f"checkpoint {str(used)!r} was written by a different config; resume needs the run's own config.yaml"
                 )
             model.load_state_dict(saved["model"])
             optimizer.load_state_dict(saved["optimizer"])
-            scaler.load_state_dict(saved["scaler"])
+            if saved.get("scaler"):  # empty when written with the scaler off (not fp16)
+                scaler.load_state_dict(saved["scaler"])
             state = TrainState(**saved["state"])
             ckpt.set_rng_state(saved["rng"])
             if used.name != "last.pt":
@@ -514,7 +518,7 @@ def _train(
             "scaler": scaler.state_dict(),
             "state": state.to_dict(),
             "rng": ckpt.rng_state(),
-            "config_fingerprint": cfg.fingerprint(),
+            **ckpt.fingerprints(cfg),
         }
 
     def save_last() -> None:
@@ -582,8 +586,13 @@ def _train(
                     x, yb = D.shard(x, ctx), D.shard(yb, ctx)
                 with autocast:
                     out = forward(x)
-                    loss = F.cross_entropy(
-                        out.float(), yb, label_smoothing=cfg.train.label_smoothing
+                    # A last batch smaller than the ranks leaves some shard empty; its
+                    # zero loss keeps it in DDP's gradient reduction (a mean over no
+                    # rows would be NaN, and NaN times its weight 0 still NaN).
+                    loss = (
+                        F.cross_entropy(out.float(), yb, label_smoothing=cfg.train.label_smoothing)
+                        if len(yb)
+                        else out.float().sum() * 0.0
                     )
                 optimizer.zero_grad(set_to_none=True)
                 # DDP averages gradients over ranks; weighting each shard by its share of
@@ -594,7 +603,10 @@ def _train(
                 if cfg.train.grad_clip is not None:
                     scaler.unscale_(optimizer)
                     norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-                    finite = finite & torch.isfinite(norm)
+                    if not scaler.is_enabled():
+                        # With fp16's scaler an infinite norm is its overflow, which
+                        # it handles by skipping the step, not a divergence.
+                        finite = finite & torch.isfinite(norm)
                 # Up to the first non-finite step, remember the last finite loss and that
                 # step; later steps (on accelerators, the rest of the epoch) change neither.
                 fresh = ~finite & ~nonfinite
@@ -693,7 +705,7 @@ def _train(
                         {
                             "model": model.state_dict(),
                             "epoch": epoch + 1,
-                            "config_fingerprint": cfg.fingerprint(),
+                            **ckpt.fingerprints(cfg),
                         },
                         folder.checkpoints / "best.pt",
                         keep_previous=False,

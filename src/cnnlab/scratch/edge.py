@@ -80,7 +80,7 @@ def learn_edge_kernel(
     if x is None:
         x = stripe_image()
     if y is None:
-        y = corr2d(x, torch.tensor([[1.0, -1.0]], dtype=x.dtype))
+        y = corr2d(x, torch.tensor([[1.0, -1.0]], dtype=x.dtype, device=x.device))
     require_dims(x, 2, "x", "(H, W)")
     require_dims(y, 2, "y", "(oh, ow)")
     kh, kw = pair(kernel_size, "kernel_size")
@@ -95,7 +95,9 @@ def learn_edge_kernel(
     if not lr > 0:
         raise ValueError(f"lr must be > 0, got {lr!r}")
 
-    kernel = torch.randn((kh, kw), generator=generator, dtype=x.dtype).requires_grad_()
+    # drawn on the CPU (where the generator is), then moved to the image's device
+    kernel = torch.randn((kh, kw), generator=generator, dtype=x.dtype).to(x.device)
+    kernel.requires_grad_()
     losses = []
     for _ in range(steps):
         loss = ((corr2d(x, kernel) - y) ** 2).sum()
