@@ -3,7 +3,7 @@
 #
 #   bash benchmarks/gpu.sh prepare            # HERE: wheels the GPU image lacks, Fashion-MNIST
 #   # THERE (device tool, carry [".whl", ".devdata"]), one call per step:
-#   bash benchmarks/gpu.sh check              # CUDA-only tests + graph vs eager equality
+#   bash benchmarks/gpu.sh check              # every CUDA-only test (graph vs eager, no sync, explain maps)
 #   bash benchmarks/gpu.sh speed              # benchmarks/speed.py, every case, 4 loader workers
 #   bash benchmarks/gpu.sh eager              # the same LeNet cases without CUDA graphs
 #   bash benchmarks/gpu.sh study              # lenet-ablation recipe, fused (one worker: runs/s, wall time)
@@ -48,8 +48,10 @@ python3 -c "import torch; print('torch', torch.__version__)" | tee -a "$OUT/gpu.
 
 case "$step" in
   check)
-    python3 -m pytest -q -p no:cacheprovider -x \
-      tests/engine/test_gpu.py tests/data/test_transforms.py 2>&1 | tee "$OUT/check.log" ;;
+    # every CUDA-only test (no -x: one call should show every failure)
+    python3 -m pytest -q -p no:cacheprovider \
+      tests/engine/test_gpu.py tests/data/test_transforms.py \
+      tests/explain/test_methods.py::test_cuda_gives_the_cpu_maps 2>&1 | tee "$OUT/check.log" ;;
   speed)
     python3 benchmarks/speed.py --device cuda --workers 4 --out "$OUT/speed" 2>&1 | tee "$OUT/speed.log" ;;
   eager)
