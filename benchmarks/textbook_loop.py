@@ -46,9 +46,9 @@ FASHION_SYSTEM = Path("/usr/share/datasets/fashion-mnist")
 def _cifar_archive(name: str = "cifar-10-jpeg.tar.gz") -> Path:
     """The CIFAR-10 JPEG archive: in $CNNLAB_DATA when there (where benchmarks/gpu.sh
     carries it to the GPU machine), else beside the checkout in ../shared/data."""
-    carried = Path(os.environ.get("CNNLAB_DATA") or "/nonexistent") / name
-    if carried.is_file():
-        return carried
+    data = os.environ.get("CNNLAB_DATA")
+    if data and (Path(data) / name).is_file():
+        return Path(data) / name
     return Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / name
 
 

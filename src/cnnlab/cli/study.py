@@ -245,7 +245,7 @@ def worker_cmd(
         typer.Option(
             "--memory-share",
             help="fraction of the device's memory this worker's fused groups may fill "
-            "(1/N for N workers on one GPU; `study run` sets it for its own workers)",
+            "(0.25 each for four workers on one GPU; `study run` sets it for its own workers)",
         ),
     ] = 1.0,
 ) -> None:

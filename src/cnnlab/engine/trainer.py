@@ -341,11 +341,11 @@ def train(
     keep_freed_host_memory(device)
     make_current(device)
     path = Path(D.broadcast_text(str(path), ctx))
-    try:
-        if _as_graph_group(cfg, ctx, device):
-            from cnnlab.engine.fused import train_group
+    if _as_graph_group(cfg, ctx, device):
+        from cnnlab.engine.fused import train_group  # releases its device memory itself
 
-            return train_group([cfg], [path], splits=splits, callback=callback, resume=resume)[0]
+        return train_group([cfg], [path], splits=splits, callback=callback, resume=resume)[0]
+    try:
         return _train(cfg, path, ctx, device, resume, emit, splits, t_start)
     finally:
         D.teardown(ctx)
