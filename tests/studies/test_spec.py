@@ -55,8 +55,35 @@ def test_grid_and_named_variants():
         "model.pool=max,model.activation=relu",
         "wide",
     ]
-    assert all(p.factor is None for p in plans)
+    # Every grid point is in the grid's group and names every grid key, also where
+    # it differs from the base in one key only.
+    assert [p.factor for p in plans] == [None, *["model.pool × model.activation"] * 3, None]
+    assert plans[1].factors == {"model.pool": "avg", "model.activation": "relu"}
     assert plans[3].factors == {"model.pool": "max", "model.activation": "relu"}
+    assert plans[4].factors == {"model.channels": [8, 16]}
+
+
+def test_values_that_read_alike_are_refused_with_a_request_for_a_label():
+    twice = {"optim.name": [{"value": "adam", "with": {"optim.lr": 0.001}}, {"value": "adam"}]}
+    with pytest.raises(StudyError, match=r"vary.optim.name\[1\]: 'adam' is listed twice.*label"):
+        expand(spec_from_dict(tiny_spec(vary=twice)))
+    like_base = {"optim.name": [{"value": "sgd", "with": {"optim.momentum": 0.9}}]}
+    with pytest.raises(StudyError, match=r"'sgd' reads like the base's value.*optim.momentum"):
+        expand(spec_from_dict(tiny_spec(vary=like_base)))
+    labelled = {
+        "optim.name": [
+            {"value": "adam", "with": {"optim.lr": 0.001}, "label": "adam-1e-3"},
+            {"value": "adam", "with": {"optim.lr": 0.1}, "label": "adam-0.1"},
+            {"value": "sgd", "with": {"optim.momentum": 0.9}, "label": "sgd-momentum"},
+        ]
+    }
+    plans = expand(spec_from_dict(tiny_spec(vary=labelled, repeats=1)))
+    assert [p.variant for p in plans] == [
+        "base",
+        "optim.name=adam-1e-3",
+        "optim.name=adam-0.1",
+        "optim.name=sgd-momentum",
+    ]
 
 
 def test_values_with_companion_settings_and_labels():

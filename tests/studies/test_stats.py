@@ -149,6 +149,9 @@ def test_welch_matches_scipy() -> None:
     [
         ([0.9], [0.8, 0.81], "n<2"),
         ([0.9, 0.9], [0.8, 0.8], "zero variance"),
+        # np.var of these is ~1e-32, not 0: still no test, not p ~ 1e-16.
+        ([0.9] * 3, [0.8] * 3, "zero variance"),
+        ([0.1] * 5, [0.1] * 3, "zero variance"),
         ([], [0.8, 0.7], "n<2"),
     ],
 )
@@ -307,6 +310,20 @@ def test_factor_effects_without_base_runs(tmp_path: Path) -> None:
         _write_run(tmp_path, f"x{r}", "optim.lr=2", {"optim.lr": 2}, r, test_acc=0.5 + r / 10)
     row = stats.factor_effects(stats.collect_runs(tmp_path)).iloc[0]
     assert row["note"] == "no completed base runs" and math.isnan(row["diff"])
+    _write_run(tmp_path, "b0", "base", {}, 0, test_acc=0.7)  # completed, but no val_acc
+    rows = stats.factor_effects(stats.collect_runs(tmp_path), "val_acc")
+    assert rows.loc[~rows["is_base"], "note"].tolist() == ["no base run recorded val_acc"]
+
+
+def test_n_counts_the_runs_the_mean_and_test_use(tmp_path: Path) -> None:
+    for r, acc in enumerate((0.80, 0.82, 0.81)):
+        _write_run(tmp_path, f"b{r}", "base", {}, r, test_acc=acc)
+    for r, acc in enumerate((0.90, None, 0.92)):  # one completed run without test_acc
+        _write_run(tmp_path, f"x{r}", "optim.lr=2", {"optim.lr": 2}, r, test_acc=acc)
+    row = stats.factor_effects(stats.collect_runs(tmp_path)).set_index("level").loc["2"]
+    assert row["n"] == 2 and row["mean"] == pytest.approx(0.91)
+    expected = sps.ttest_ind([0.90, 0.92], [0.80, 0.82, 0.81], equal_var=False).pvalue
+    assert row["p_value"] == pytest.approx(expected)
 
 
 def test_wide_table_layout(study: tuple[Path, dict]) -> None:
@@ -376,6 +393,58 @@ def test_grid_points_form_one_group_labelled_by_variant(tmp_path: Path) -> None:
     assert stats.best_values(effects) == {}  # a combination is not one key's value
     table = stats.wide_table(runs, "optim.lr × optim.weight_decay")
     assert list(table.columns) == ["base", *effects["level"].iloc[1:]]
+
+
+def _write_plans(root: Path, data: dict[str, Any], acc: dict[str, list[float]]) -> None:
+    """Run folders as a real study writes them: ``study.json`` from :func:`expand`'s plans."""
+    from cnnlab.studies.spec import expand, spec_from_dict
+    from tests.studies.conftest import tiny_spec
+
+    spec = spec_from_dict(tiny_spec(**data))
+    (root / "spec.yaml").write_text(yaml.safe_dump(spec.to_yaml_dict()))
+    for plan in expand(spec):
+        folder = _write_run(root, plan.key, plan.variant, {}, plan.repeat)
+        (folder / "study.json").write_text(json.dumps(plan.meta()))
+        summary = json.loads((folder / "summary.json").read_text())
+        summary["final"]["test_acc"] = acc[plan.variant][plan.repeat]
+        (folder / "summary.json").write_text(json.dumps(summary))
+
+
+def test_grid_points_that_differ_from_the_base_in_one_key_stay_in_the_grid(tmp_path: Path) -> None:
+    grid = {"model.activation": ["sigmoid", "relu"], "model.pool": ["avg", "max"]}
+    # (sigmoid, avg) is the base; the others in the grid's cartesian order.
+    points = ["model.activation=sigmoid,model.pool=max", "model.activation=relu,model.pool=avg"]
+    points.append("model.activation=relu,model.pool=max")
+    acc = {v: [0.8 + i / 100, 0.81 + i / 100] for i, v in enumerate(["base", *points])}
+    _write_plans(tmp_path, {"vary": {}, "grid": grid, "repeats": 2}, acc)
+    runs = stats.collect_runs(tmp_path)
+    assert stats.factor_names(runs) == ["model.activation × model.pool"]
+    effects = stats.factor_effects(runs)
+    assert list(effects["level"]) == ["base", *points]
+    assert effects["n"].tolist() == [2, 2, 2, 2]
+
+
+def test_equal_values_with_different_companions_are_separate_levels(tmp_path: Path) -> None:
+    vary = {
+        "optim.name": [
+            {"value": "adam", "with": {"optim.lr": 0.001}, "label": "adam-1e-3"},
+            {"value": "adam", "with": {"optim.lr": 0.1}, "label": "adam-0.1"},
+            {"value": "sgd", "with": {"optim.momentum": 0.9}, "label": "sgd-momentum"},
+        ]
+    }
+    acc = {
+        "base": [0.80, 0.81, 0.79],
+        "optim.name=adam-1e-3": [0.88, 0.89, 0.87],
+        "optim.name=adam-0.1": [0.30, 0.31, 0.29],
+        "optim.name=sgd-momentum": [0.85, 0.86, 0.84],
+    }
+    _write_plans(tmp_path, {"vary": vary, "repeats": 3}, acc)
+    effects = stats.factor_effects(stats.collect_runs(tmp_path)).set_index("level")
+    assert sorted(effects.index) == ["adam-0.1", "adam-1e-3", "sgd", "sgd-momentum"]
+    assert effects.loc["sgd", "note"] == "base" and effects.loc["sgd", "n"] == 3
+    assert effects.loc["adam-1e-3", "mean"] == pytest.approx(0.88)
+    assert effects.loc["adam-1e-3", "best"] and effects["best"].sum() == 1
+    assert effects.loc["sgd-momentum", "diff"] == pytest.approx(0.05)
 
 
 def test_format_value_of_numpy_scalars() -> None:

@@ -474,6 +474,7 @@ class _Variant:
     factor: str | None
     tree: dict[str, Any]
     where: str
+    names: tuple[str, ...] = ()  # keys whose values its runs record even where equal to the base's
 
 
 def apply_settings(base: Mapping[str, Any], settings: Mapping[str, Any]) -> dict[str, Any]:
@@ -484,7 +485,10 @@ def apply_settings(base: Mapping[str, Any], settings: Mapping[str, Any]) -> dict
 
 
 def _variants(spec: StudySpec) -> list[_Variant]:
+    from cnnlab.studies.stats import GROUP_SEPARATOR
+
     base = spec.base_config().to_dict()
+    _check_level_names(spec, flatten(base))
     out = [_Variant("base", None, base, "base")]
     for key, values in spec.vary.items():
         for i, fv in enumerate(values):
@@ -502,10 +506,50 @@ def _variants(spec: StudySpec) -> list[_Variant]:
                 settings[key] = fv.value
                 settings.update(fv.with_)
             label = ",".join(f"{k}={fv.text()}" for k, fv in zip(keys, combo))
-            out.append(_Variant(label, None, apply_settings(base, settings), f"grid point {label}"))
+            # Every grid point belongs to the grid's group, also one whose values are all
+            # but one the base's (its differences from the base alone would say otherwise).
+            out.append(
+                _Variant(
+                    label,
+                    GROUP_SEPARATOR.join(keys),
+                    apply_settings(base, settings),
+                    f"grid point {label}",
+                    tuple(keys),
+                )
+            )
     for name, settings in spec.variants.items():
         out.append(_Variant(name, None, apply_settings(base, settings), f"variants.{name}"))
     return out
+
+
+def _check_level_names(spec: StudySpec, base: Mapping[str, Any]) -> None:
+    """Each factor's values must read differently, and differently from the base's value.
+
+    Tables, plots and tests tell a factor's levels apart by their text (the value,
+    or its ``label``): two values that read ``adam`` but bring different
+    companion settings (``with:``) would be pooled into one level, and one that
+    reads like the base's value into the base's.
+
+    Raises:
+        StudyError: naming the factor and the text, and asking for a ``label``.
+    """
+    for section in ("vary", "grid"):
+        for key, values in getattr(spec, section).items():
+            seen: set[str] = set()
+            for i, fv in enumerate(values):
+                text = fv.text()
+                where = f"study {spec.name!r} {section}.{key}[{i}]"
+                if text in seen:
+                    raise StudyError(
+                        f"{where}: {text!r} is listed twice; give the values distinct labels "
+                        f"(value: ..., label: ...)"
+                    )
+                seen.add(text)
+                if fv.with_ and key in base and text == format_value(base[key]):
+                    raise StudyError(
+                        f"{where}: {text!r} reads like the base's value but changes "
+                        f"{', '.join(fv.with_)}; give it a label (value: ..., label: ...)"
+                    )
 
 
 def resolve_config(tree: Mapping[str, Any]) -> RunConfig:
@@ -574,6 +618,9 @@ def expand(spec: StudySpec) -> list[RunPlan]:
     plans: list[RunPlan] = []
     for variant, config in chosen:
         factors = factor_diff(config, base)
+        if variant.names:
+            flat = flatten(config.to_dict())
+            factors = {**{k: flat[k] for k in variant.names if k in flat}, **factors}
         for r in range(spec.repeats):
             seed = config.train.seed + r
             cfg = config.model_copy(

@@ -523,10 +523,11 @@ def factor_levels(runs: pd.DataFrame, factor: str, base_variant: str = BASE) -> 
         base_variant: Label of the base variant.
 
     Returns:
-        Those runs with ``level`` (the text label: the value for a one-key
-        factor, else the variant label), ``level_value`` (the raw value) and
-        ``is_base``; ``level`` is an ordered categorical (numbers ascending,
-        otherwise base first, then spec order) so groupbys keep that order.
+        Those runs with ``level`` (the text label: for a one-key factor the
+        value as its variant reads it, ``label`` included, else the variant
+        label), ``level_value`` (the raw value) and ``is_base``; ``level`` is an
+        ordered categorical (numbers ascending, otherwise base first, then spec
+        order) so groupbys keep that order.
     """
     column = value_column(factor)
     single = column in runs.columns
@@ -534,13 +535,30 @@ def factor_levels(runs: pd.DataFrame, factor: str, base_variant: str = BASE) -> 
     members["is_base"] = members["variant"] == base_variant
     if single:
         raw = members[column]
+        levels = [
+            _level_text(factor, str(variant), value, base)
+            for variant, value, base in zip(members["variant"], raw, members["is_base"])
+        ]
     else:
         raw = members["variant"].where(~members["is_base"], base_variant)
+        levels = [str(v) for v in raw]
     members["level_value"] = list(raw)
-    members["level"] = [format_value(v) for v in raw] if single else [str(v) for v in raw]
+    members["level"] = levels
     order = _level_order(members)
     members["level"] = pd.Categorical(members["level"], categories=order, ordered=True)
     return members
+
+
+def _level_text(factor: str, variant: str, value: Any, is_base: bool) -> str:
+    """A one-key level's text: what its variant label says after ``factor=``, else the value.
+
+    The variant label carries a value's ``label``, so two values that are equal
+    but come with different companion settings stay two levels.
+    """
+    prefix = f"{factor}="
+    if not is_base and variant.startswith(prefix):
+        return variant[len(prefix) :]
+    return format_value(value)
 
 
 def _level_order(members: pd.DataFrame) -> list[str]:
@@ -549,7 +567,7 @@ def _level_order(members: pd.DataFrame) -> list[str]:
     for _, row in members.iterrows():
         label = row["level"]
         if numeric:
-            key: tuple = (float(row["level_value"]),)
+            key: tuple = (float(row["level_value"]), 0 if row["is_base"] else 1, label)
         else:
             rank = row["value_rank"] if pd.notna(row.get("value_rank")) else math.inf
             key = (0 if row["is_base"] else 1, rank, label)
@@ -585,9 +603,11 @@ def welch(a: Iterable[float], b: Iterable[float]) -> tuple[float, float, str]:
     x, y = _finite(a), _finite(b)
     if len(x) < 2 or len(y) < 2:
         return math.nan, math.nan, "n<2: no test"
-    vx, vy = np.var(x, ddof=1) / len(x), np.var(y, ddof=1) / len(y)
-    if vx + vy == 0:
+    # Equal values, not a variance of 0: np.var of [0.8] * 3 is 1.8e-32 after rounding, and
+    # scipy would then test a difference of means against that noise (p ~ 1e-16).
+    if np.ptp(x) == 0 and np.ptp(y) == 0:
         return math.nan, math.nan, "zero variance: no test"
+    vx, vy = np.var(x, ddof=1) / len(x), np.var(y, ddof=1) / len(y)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         p = float(stats.ttest_ind(x, y, equal_var=False).pvalue)
@@ -617,11 +637,12 @@ def factor_effects(
     """
     base_runs = runs[(runs["variant"] == base_variant) & (runs["status"] == COMPLETED)]
     base_sample = _finite(base_runs[metric])
+    no_base = f"no base run recorded {metric}" if len(base_runs) else "no completed base runs"
     rows = []
     for factor in factor_names(runs):
         members = factor_levels(runs, factor, base_variant)
         block = [
-            _effect_row(factor, str(level), group, metric, base_sample)
+            _effect_row(factor, str(level), group, metric, base_sample, no_base)
             for level, group in members.groupby("level", observed=True, sort=True)
         ]
         _mark_best(block, metric)
@@ -636,9 +657,18 @@ EFFECT_COLUMNS = (
 
 
 def _effect_row(
-    factor: str, level: str, group: pd.DataFrame, metric: str, base_sample: np.ndarray
+    factor: str,
+    level: str,
+    group: pd.DataFrame,
+    metric: str,
+    base_sample: np.ndarray,
+    no_base: str,
 ) -> dict[str, Any]:
-    """One level of one factor against the base sample."""
+    """One level of one factor against the base sample (``no_base``: the note when it is empty).
+
+    ``n`` counts the completed runs that recorded ``metric``: the runs the mean,
+    the spread and the test are computed from.
+    """
     done = _finite(group.loc[group["status"] == COMPLETED, metric])
     s = summarize(done)
     counts = _counts(group)
@@ -654,7 +684,7 @@ def _effect_row(
         "value": group["level_value"].iloc[0],
         "variant": ", ".join(dict.fromkeys(group["variant"])),
         "is_base": is_base,
-        "n": counts["n"],
+        "n": s.n,
         "n_diverged": counts["n_diverged"],
         "n_failed": counts["n_failed"],
         "mean": s.mean,
@@ -667,7 +697,7 @@ def _effect_row(
     if is_base:
         row["note"] = f"base (with runs of {', '.join(others)})" if others else "base"
     elif not len(base_sample):
-        row["note"] = "no completed base runs"
+        row["note"] = no_base
     else:
         row["p_value"], row["diff_ci95"], row["note"] = welch(done, base_sample)
     return row
@@ -686,7 +716,10 @@ def _mark_best(block: list[dict], metric: str) -> None:
 
 
 def best_values(effects: pd.DataFrame) -> dict[str, Any]:
-    """``{factor: value}`` of each one-key factor's best level (what ``study combine`` runs).
+    """``{factor: value}`` of each one-key factor's best level.
+
+    ``study combine`` picks the same levels (``runner.combine_settings``) and
+    applies their companion settings (``with:``) too; this returns the values alone.
 
     Args:
         effects: The frame from :func:`factor_effects`.
