@@ -133,7 +133,10 @@ def test_killed_at_random_moments_and_rerun_loses_and_duplicates_nothing(tmp_pat
         latest /= 2
     assert kills >= 1, f"the study always finished before the first kill (seed {seed})"
     final = _cli(*args)
-    out, _ = final.communicate(timeout=300)
+    try:
+        out, _ = final.communicate(timeout=300)
+    finally:
+        final.kill()  # a rerun that hangs must not outlive the test
     assert final.returncode == 0, f"seed {seed}: {out}"
     summaries = _check_complete(root, spec)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
+import warnings
 
 import pytest
 
@@ -225,6 +227,33 @@ def test_a_dead_workers_run_goes_back_to_the_queue(tmp_path):
     again = queue.pop(Owner.me())
     assert again is not None and again.key == lease.key and again.attempt == 2
     # A live owner is left alone.
+    assert queue.reap() == 0
+
+
+def test_a_run_whose_worker_died_while_popping_it_goes_back_to_the_queue(tmp_path):
+    # A worker killed between ask() (the trial is running) and naming itself left a
+    # trial no heartbeat makes stale: every later worker waited for it forever.
+    spec = spec_from_dict(tiny_spec(repeats=1, vary={}))
+    folder = StudyFolder.at(tmp_path, spec.name)
+    folder.create()
+    folder.write_spec(spec)
+    StudyRunner(
+        spec=spec, folder=folder, queue=open_queue(spec, folder, None, create=True)
+    ).prepare(expand(spec))
+    queue = StudyQueue.open(
+        spec.name, folder.default_storage(), heartbeat_interval=1, grace_period=1
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        orphan = queue.study.ask()  # what pop() does first
+    assert queue.counts()["RUNNING"] == 1 and queue.has_active()
+    assert queue.reap() == 0  # within the grace period a live worker may still name itself
+    time.sleep(1.2)
+    assert queue.reap() == 1
+    assert queue.counts()["RUNNING"] == 0 and queue.counts()["WAITING"] == 1
+    assert queue.trials()[orphan.number].user_attrs["outcome"] == "worker died while popping"
+    again = queue.pop(Owner.me())
+    assert again is not None and again.attempt == 1  # the run never started: no retry spent
     assert queue.reap() == 0
 
 

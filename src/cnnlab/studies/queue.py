@@ -31,6 +31,7 @@ import uuid
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -288,12 +289,20 @@ class StudyQueue:
     """One study's queue in an optuna storage (SQLite file, PostgreSQL, ...)."""
 
     def __init__(
-        self, study: optuna.Study, url: str, *, max_retry: int, heartbeat_interval: int
+        self,
+        study: optuna.Study,
+        url: str,
+        *,
+        max_retry: int,
+        heartbeat_interval: int,
+        grace_period: int | None = None,
     ) -> None:
         self.study = study
         self.url = url
         self.max_retry = max_retry
         self.heartbeat_interval = heartbeat_interval
+        # Seconds without a heartbeat after which a running trial's worker counts as dead.
+        self.grace_period = grace_period or 2 * heartbeat_interval
         db = sqlite_path(url)
         # SQLite cannot lock a row for update, so two processes could pop the
         # same waiting trial; local workers take turns through a file lock.
@@ -348,7 +357,13 @@ class StudyQueue:
             raise StudyError(
                 f"cannot open study {name!r} in storage {describe_url(url)!r}: {' '.join(str(exc).split())[:300]}"
             ) from None
-        return cls(study, url, max_retry=max_retry, heartbeat_interval=heartbeat_interval)
+        return cls(
+            study,
+            url,
+            max_retry=max_retry,
+            heartbeat_interval=heartbeat_interval,
+            grace_period=rdb.grace_period,
+        )
 
     @property
     def name(self) -> str:
@@ -444,8 +459,10 @@ class StudyQueue:
             # optuna made a fresh, empty trial. Close it; it never counts.
             self.study.tell(trial, state=TrialState.FAIL)
             return None
-        self.record_heartbeat(trial)
+        # A worker killed between ask() and these two writes leaves a running trial
+        # with neither an owner nor a heartbeat: reap() puts it back after the grace period.
         trial.set_user_attr("worker", owner.to_dict())
+        self.record_heartbeat(trial)
         history = frozen.system_attrs.get("retry_history", [])
         return Lease(
             trial=trial,
@@ -518,6 +535,7 @@ class StudyQueue:
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             raw = t.user_attrs.get("worker")
             if not raw:
+                reaped += self._reap_unclaimed(t)
                 continue
             owner = Owner(raw["host"], int(raw["pid"]), raw["token"])
             if not owner.is_dead_here():
@@ -533,6 +551,36 @@ class StudyQueue:
         if reaped:
             log.info("put back %d run(s) of workers that stopped", reaped)
         return reaped
+
+    def _reap_unclaimed(self, trial: optuna.trial.FrozenTrial) -> int:
+        """Put back a run taken by a worker that died before it wrote its name; 1 if it did.
+
+        ``pop`` marks the trial running, then names its worker and beats once;
+        a worker killed in between leaves a trial that no heartbeat will ever
+        make stale and no owner check can clear, and every later worker would
+        wait for it forever. It is put back once it is older than the grace
+        period (a live worker names itself within milliseconds), without
+        counting against the run's retries: the run never started.
+        """
+        import optuna
+        from optuna.trial import TrialState
+
+        started = trial.datetime_start
+        if started is None or (datetime.now() - started).total_seconds() < self.grace_period:
+            return 0
+        cancelled = trial.user_attrs.get("outcome") == "cancelled"  # cancel_waiting's, cut short
+        try:
+            if not cancelled:
+                self._storage.set_trial_user_attr(
+                    trial._trial_id, "outcome", "worker died while popping"
+                )
+            if not self._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+                return 0
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return 0
+        if not cancelled and trial_key(trial) is not None and "plan" in trial.user_attrs:
+            self._requeue(self._storage.get_trial(trial._trial_id), count=False)
+        return 1
 
     def _requeue(self, trial: optuna.trial.FrozenTrial, *, count: bool) -> bool:
         """A new waiting trial for the same run; False when the retry budget is spent."""
