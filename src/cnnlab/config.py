@@ -300,9 +300,14 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping with ``safe_load`` (no Python object tags, ever)."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not a UTF-8 text file (byte {exc.start}: {exc.object[exc.start : exc.start + 1]!r}); "
+            "configs and specs are YAML text"
+        ) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

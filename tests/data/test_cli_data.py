@@ -65,3 +65,13 @@ def test_show_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     )
     assert main([*args, "--out", str(tmp_path / "g.png"), "--count", "0"]) == 2
     assert "count=0 is not allowed" in capsys.readouterr().err
+    # A huge grid would draw for minutes before anyone saw a line.
+    assert main([*args, "--out", str(tmp_path / "g.png"), "--count", "100000"]) == 2
+    assert "count=100000 is not allowed; show 1 to 400 images" in capsys.readouterr().err
+    assert not (tmp_path / "g.png").exists()
+
+
+def test_get_refuses_a_timeout_that_is_not_positive(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["data", "get", "fashion-mnist", "--timeout", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: Invalid value for '--timeout'") and err.count("\n") == 1, err

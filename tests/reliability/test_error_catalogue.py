@@ -49,6 +49,7 @@ def env(tmp_path_factory):
     (root / "bad.yaml").write_text("optim: [unclosed\n")
     (root / "evil.yaml").write_text("train: !!python/object/apply:os.system ['true']\n")
     (root / "list.yaml").write_text("- 1\n- 2\n")
+    (root / "binary.yaml").write_bytes(b"\xff\xfeoptim: 1")
     (root / "unknown.yaml").write_text("optim:\n  lrr: 0.1\n")
     (root / "bad.png").write_bytes(b"\x89PNG not really")
     (root / "spec-unknown.yaml").write_text(
@@ -161,6 +162,40 @@ CASES = [
     (["study", "status", "no-such-study", "--root", "{tmp}/studies"], "no-such-study"),
     (["study", "report", "no-such-study", "--root", "{tmp}/studies"], "no-such-study"),
     (["recipes", "show", "no-such-recipe"], "no-such-recipe"),
+    (
+        ["recipes", "run", "lenet-ablation", "--quick", "--dry-run", "--device", "tpu"],
+        "--device 'tpu' is not allowed; use auto, cpu, cuda, cuda:N or mps",
+    ),
+    (["train", "--config", "{tmp}/binary.yaml"], "binary.yaml: not a UTF-8 text file"),
+    (
+        [
+            "data",
+            "show",
+            "imagefolder",
+            "--root",
+            "{tree}",
+            "--out",
+            "{tmp}/g.png",
+            "--count",
+            "1e5",
+        ],
+        "--count",
+    ),
+    (
+        [
+            "data",
+            "show",
+            "imagefolder",
+            "--root",
+            "{tree}",
+            "--out",
+            "{tmp}/g.png",
+            "--count",
+            "100000",
+        ],
+        "count=100000 is not allowed; show 1 to 400 images per grid",
+    ),
+    (["data", "get", "fashion-mnist", "--timeout", "-1"], "Invalid value for '--timeout'"),
 ]
 
 

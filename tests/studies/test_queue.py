@@ -343,3 +343,36 @@ def test_a_finished_run_a_dead_worker_never_reported_is_recorded_not_lost(tmp_pa
     assert status.done == status.total == 1 and not trainer.calls  # reported, not retrained
     states = [t.state.name for t in _trials_by_key(tmp_path, spec)[lease.key]]
     assert sorted(states) == ["COMPLETE", "FAIL"]
+
+
+@pytest.mark.parametrize(
+    ("device", "needle"),
+    [("tpu", "--device 'tpu' is not allowed; use auto, cpu"), ("cuda:7", "--device 'cuda:7'")],
+)
+def test_a_device_the_study_cannot_use_is_refused_before_anything_is_written(
+    tmp_path, device, needle, monkeypatch
+):
+    import torch
+
+    from cnnlab.errors import ConfigError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    spec = spec_from_dict(tiny_spec())
+    with pytest.raises(ConfigError, match=needle):
+        run_study(spec, root=tmp_path, workers=1, run_fn=FakeTrainer(), device=device)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_store_that_cannot_be_opened_leaves_the_spec_as_it_was(tmp_path):
+    spec, _ = _run(tmp_path, tiny_spec(repeats=1, vary={}), FakeTrainer())
+    folder = StudyFolder.at(tmp_path, spec.name)
+    before = folder.spec_file.read_bytes()
+    with pytest.raises(StudyError, match="nowhere' does not exist"):
+        run_study(
+            spec.model_copy(update={"combine": True}),
+            root=tmp_path,
+            storage=f"sqlite:///{tmp_path}/nowhere/x.db",
+            workers=1,
+            run_fn=FakeTrainer(),
+        )
+    assert folder.spec_file.read_bytes() == before

@@ -115,7 +115,7 @@ def get(
         typer.Option("--mirror", help="base URL to download from instead of the official one"),
     ] = None,
     timeout: Annotated[
-        float, typer.Option("--timeout", help="seconds to wait on a silent server")
+        float, typer.Option("--timeout", min=0.1, help="seconds to wait on a silent server")
     ] = 30.0,
     force: Annotated[
         bool, typer.Option("--force", help="download even if a copy is found")

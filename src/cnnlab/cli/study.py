@@ -140,12 +140,13 @@ def _run_one_study(
     fuse: str | None = None,
     dry_run: bool = False,
 ):
-    from cnnlab.studies.runner import describe_plans, run_study
+    from cnnlab.studies.runner import check_device, describe_plans, run_study
     from cnnlab.studies.spec import expand
     from cnnlab.studies.worker import fuse_mode
 
     if fuse is not None:
         fuse = fuse_mode(fuse, what="--fuse")
+    check_device(spec, device)  # a dry run checks what a real one would
     plans = expand(spec)
     info = describe_plans(plans)
     typer.echo(

@@ -17,6 +17,11 @@ def sample_indices(data: ImageSet, count: int, seed: int = 0) -> torch.Tensor:
     return torch.randperm(len(data), generator=generator)[: min(count, len(data))].sort().values
 
 
+#: Most images one grid shows: each is a labelled subplot (1,000 take about 30 s to draw on
+#: one CPU core), and beyond a few hundred the labels are unreadable anyway.
+MAX_GRID_IMAGES = 400
+
+
 def save_grid(
     data: ImageSet, path: str | Path, *, count: int = 64, seed: int = 0, columns: int | None = None
 ) -> Path:
@@ -34,13 +39,15 @@ def save_grid(
         ``path``.
 
     Raises:
-        DataError: ``count`` is not positive, or the file cannot be written.
+        DataError: ``count`` is outside 1..:data:`MAX_GRID_IMAGES`, or the file cannot be written.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    if count < 1:
-        raise DataError(f"count={count} is not allowed; show at least one image")
+    if not 1 <= count <= MAX_GRID_IMAGES:
+        raise DataError(
+            f"count={count} is not allowed; show 1 to {MAX_GRID_IMAGES} images per grid"
+        )
     path = Path(path)
     index = sample_indices(data, count, seed)
     cols = columns or math.ceil(math.sqrt(len(index)))

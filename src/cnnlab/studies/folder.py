@@ -28,7 +28,8 @@ from typing import Any, Self
 
 import yaml
 
-from cnnlab.errors import StudyError
+from cnnlab.config import read_yaml
+from cnnlab.errors import ConfigError, StudyError
 from cnnlab.studies.spec import RunPlan, StudySpec, spec_from_dict
 
 FINISHED = ("completed", "diverged")
@@ -99,7 +100,10 @@ class StudyFolder:
             raise StudyError(
                 f"no study at {str(self.path)!r} (no spec.yaml); start it with: cnnlab study run SPEC.yaml"
             )
-        data = yaml.safe_load(self.spec_file.read_text())
+        try:
+            data = read_yaml(self.spec_file)
+        except ConfigError as exc:  # a hand-edited or damaged spec.yaml: one line, not a traceback
+            raise StudyError(f"study {self.path.name!r}: {exc}") from None
         return spec_from_dict(data, source=str(self.spec_file))
 
     def run_keys(self) -> list[str]:

@@ -736,10 +736,11 @@ def run_study(
     """
     if fuse is not None:
         spec = spec.model_copy(update={"fuse": fuse_mode(fuse)})
+    check_device(spec, device)
     folder = StudyFolder.at(root, spec.name)
     folder.create()
-    folder.write_spec(spec)
     queue = open_queue(spec, folder, storage, create=True, heartbeat_interval=heartbeat_interval)
+    folder.write_spec(spec)  # after the store opened: a command that fails changes nothing
     queue.set_info(spec=spec.to_yaml_dict(), study_dir=str(folder.path))
     n = workers or spec.workers
     if not n:
@@ -771,6 +772,39 @@ def run_study(
         },
     )
     return runner.run()
+
+
+def check_device(spec: StudySpec, device: str | None) -> None:
+    """The device the study's runs train on must be one cnnlab knows and this machine has.
+
+    Checked before anything is written or queued: otherwise every run fails its
+    retries one after another on a device that is not there.
+
+    Raises:
+        ConfigError: naming the device and what is allowed or available.
+    """
+    from cnnlab.config import build_config
+    from cnnlab.engine.trainer import resolve_device
+    from cnnlab.errors import ConfigError
+
+    config = spec.base_config()
+    if device is not None:
+        tree = config.to_dict()
+        tree["train"]["device"] = device
+        try:
+            config = build_config(tree)
+        except ConfigError:
+            raise ConfigError(
+                f"--device {device!r} is not allowed; use auto, cpu, cuda, cuda:N or mps"
+            ) from None
+    try:
+        resolve_device(config.train.device)
+    except ConfigError as exc:
+        if device is None:
+            raise
+        raise ConfigError(
+            f"--device {device!r}: this machine has no such device; use --device cpu or auto"
+        ) from exc
 
 
 def run_worker(
