@@ -34,3 +34,29 @@ def test_a_dry_run_checks_the_device(tmp_path, capsys):
     args = ["recipes", "run", "lenet-ablation", "--quick", "--dry-run", "--device", "tpu"]
     assert main([*args, "--root", str(tmp_path)]) == 2
     _one_line_error(capsys, "--device 'tpu' is not allowed; use auto, cpu, cuda, cuda:N or mps")
+
+
+def test_a_study_whose_runs_failed_for_good_exits_1_after_its_report_line(
+    tmp_path, capsys, monkeypatch
+):
+    import yaml
+
+    import cnnlab.studies.runner as runner
+    from tests.studies.conftest import FakeTrainer, tiny_spec
+
+    run_study = runner.run_study
+    trainer = FakeTrainer(fail={"optim.lr=0.1": 99})  # fails every retry
+    monkeypatch.setattr(
+        runner, "run_study", lambda spec, **kw: run_study(spec, run_fn=trainer, **kw)
+    )
+    spec = tmp_path / "s.yaml"
+    spec.write_text(yaml.safe_dump(tiny_spec(name="s", repeats=1)))
+    args = ["study", "run", str(spec), "--root", str(tmp_path / "studies"), "--workers", "1"]
+    assert main(args) == 1
+    captured = capsys.readouterr()
+    assert "report: cnnlab study report s" in captured.out
+    assert "1 run(s) of study s failed after their retries; see: cnnlab study status s" in (
+        captured.err
+    )
+    trainer.fail.clear()  # the cause fixed: a rerun gives the failed run a fresh budget
+    assert main(args) == 0

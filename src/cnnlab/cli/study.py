@@ -220,6 +220,7 @@ def run_cmd(
             f"report: cnnlab study report {spec.name}"
             + (f" --root {root}" if root != Path("studies") else "")
         )
+        _exit_if_failed([status], root)
 
 
 @study_app.command("worker")
@@ -368,7 +369,7 @@ def combine_cmd(
 
     progress = StudyProgress()
     try:
-        combine_study(
+        status = combine_study(
             name,
             root=root,
             storage=storage,
@@ -382,6 +383,7 @@ def combine_cmd(
     except KeyboardInterrupt:
         typer.echo(f"interrupted; run the same command again to finish combining {name}", err=True)
         raise typer.Exit(130) from None
+    _exit_if_failed([status], root)
 
 
 # -- recipes ---------------------------------------------------------------------------
@@ -442,6 +444,7 @@ def recipes_run(
     from cnnlab.studies.recipes import recipe_specs
 
     t0 = time.perf_counter()
+    statuses = []
     for spec in recipe_specs(name, quick=quick, overrides=overrides or []):
         status = _run_one_study(
             spec,
@@ -456,5 +459,27 @@ def recipes_run(
         )
         if report and status is not None:
             _write_report(StudyFolder.at(root, spec.name), None)
+        if status is not None:
+            statuses.append(status)
     if not dry_run:
         typer.echo(f"recipe {name} done in {time.perf_counter() - t0:.0f}s")
+    _exit_if_failed(statuses, root)
+
+
+def _exit_if_failed(statuses, root: Path) -> None:
+    """Exit with status 1 when runs failed for good, so scripts and CI notice.
+
+    Diverged runs are results, not failures. The report is written first: the
+    runs that finished are as good as ever.
+    """
+    failed = [s for s in statuses if s.failed]
+    if not failed:
+        return
+    where = f" --root {root}" if root != Path("studies") else ""
+    for s in failed:
+        typer.echo(
+            f"{s.failed} run(s) of study {s.name} failed after their retries; "
+            f"see: cnnlab study status {s.name}{where}",
+            err=True,
+        )
+    raise typer.Exit(1)
