@@ -41,7 +41,7 @@ def test_a_study_whose_runs_failed_for_good_exits_1_after_its_report_line(
 ):
     import yaml
 
-    import cnnlab.studies.runner as runner
+    from cnnlab.studies import runner
     from tests.studies.conftest import FakeTrainer, tiny_spec
 
     run_study = runner.run_study

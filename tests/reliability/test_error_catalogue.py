@@ -50,6 +50,7 @@ def env(tmp_path_factory):
     (root / "evil.yaml").write_text("train: !!python/object/apply:os.system ['true']\n")
     (root / "list.yaml").write_text("- 1\n- 2\n")
     (root / "binary.yaml").write_bytes(b"\xff\xfeoptim: 1")
+    (root / "twice.yaml").write_text("optim: {lr: 0.1}\ntrain: {epochs: 1}\noptim: {lr: 0.2}\n")
     (root / "unknown.yaml").write_text("optim:\n  lrr: 0.1\n")
     (root / "bad.png").write_bytes(b"\x89PNG not really")
     (root / "spec-unknown.yaml").write_text(
@@ -167,6 +168,8 @@ CASES = [
         "--device 'tpu' is not allowed; use auto, cpu, cuda, cuda:N or mps",
     ),
     (["train", "--config", "{tmp}/binary.yaml"], "binary.yaml: not a UTF-8 text file"),
+    (["train", "--config", "{tmp}/twice.yaml"], "key 'optim' appears twice (lines 1 and 3)"),
+    (["study", "run", "{tmp}/twice.yaml", "--dry-run"], "key 'optim' appears twice"),
     (
         [
             "data",
