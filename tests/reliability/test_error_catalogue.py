@@ -199,6 +199,7 @@ CASES = [
         "count=100000 is not allowed; show 1 to 400 images per grid",
     ),
     (["data", "get", "fashion-mnist", "--timeout", "-1"], "Invalid value for '--timeout'"),
+    (["data", "get", "imagefolder"], "no official download; it is your own tree: give it as"),
 ]
 
 

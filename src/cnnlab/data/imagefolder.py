@@ -377,6 +377,12 @@ class ImageFolderSource(DataSource):
         }
     )
 
+    def hint(self) -> str:
+        return (
+            "it is your own tree: give it as data.root=PATH (cnnlab train) or --root PATH "
+            "(cnnlab data), a folder with train/<class>/ images or a .tar.gz/.zip of one"
+        )
+
     def _root(self, root: Any, data_dir: DataDirs, progress: Progress | None = None) -> Path:
         """The tree for the ``root`` option; a relative path is also tried in the data folders."""
         if root is None or str(root) == "":
