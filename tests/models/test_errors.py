@@ -191,6 +191,8 @@ def test_cli_summary_defaults_to_the_models_input(capsys):
         (["summary", "lenet5", "-o", "kernel_size=0"], "kernel_size=0 is not allowed"),
         (["summary", "lenet5", "-o", "padding=-1"], "padding=-1 is not allowed"),
         (["summary", "lenet5", "-o", "hidden=[-1]"], "hidden=[-1] is not allowed"),
+        (["summary", "lenet5", "--depth", "0"], "--depth 0 is not allowed; use 1 or more"),
+        (["summary", "lenet5", "--depth", "-1"], "--depth -1 is not allowed"),
         (["models", "transformer"], "no model matches 'transformer'"),
     ],
 )
