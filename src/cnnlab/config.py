@@ -14,19 +14,43 @@ from __future__ import annotations
 
 import hashlib
 import json
+import typing
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from cnnlab.errors import CnnlabError, ConfigError
 from cnnlab.registry import normalize_name
 
 
+def _is_numeric(annotation: Any) -> bool:
+    """Whether a field holds numbers (``int``, ``float | None``, ``list[int]``, ...) and no bools."""
+    if annotation in (int, float):
+        return True
+    args = typing.get_args(annotation)
+    return bool(args) and bool not in args and any(_is_numeric(a) for a in args)
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bools_for_numbers(cls, data: Any) -> Any:
+        # pydantic reads true as 1 for int and float fields: optim.lr=true would train at lr 1.0.
+        if isinstance(data, Mapping):
+            for name, field in cls.model_fields.items():
+                value = data.get(name)
+                values = value if isinstance(value, (list, tuple)) else [value]
+                if _is_numeric(field.annotation) and any(isinstance(v, bool) for v in values):
+                    raise PydanticCustomError(
+                        "number_not_bool", "expected a number", {"field": name}
+                    )
+        return data
 
 
 class AugmentConfig(_Section):
@@ -130,6 +154,7 @@ class ScheduleConfig(_Section):
     milestones: list[int] = Field(
         default_factory=list, description="multistep: epochs at which to decay"
     )
+
     warmup_epochs: float = Field(0.0, ge=0.0, description="cosine: linear warm-up length")
     min_lr: float = Field(0.0, ge=0.0, description="cosine: final lr")
     pct_start: float = Field(0.3, gt=0.0, lt=1.0, description="onecycle: fraction spent rising")
@@ -331,10 +356,19 @@ def _describe_error(err: dict[str, Any], raw: Mapping[str, Any]) -> str:
         allowed = _allowed_keys(section)
         where = f" in {'.'.join(section)}" if section else ""
         return f"unknown key {key!r}; allowed keys{where}: {', '.join(allowed)}"
+    if kind == "number_not_bool":
+        field = err["ctx"]["field"]
+        value = _fmt_yaml(err["input"].get(field))
+        return f"{'.'.join([*loc, field])}={value}: expected a number"
     if kind.startswith("value_error"):
         return msg.removeprefix("Value error, ")
     value = err.get("input")
     return f"{key}={value!r}: {msg[0].lower() + msg[1:]}"
+
+
+def _fmt_yaml(value: Any) -> str:
+    """A value as it was typed: ``true``, ``[0.9, true]``."""
+    return json.dumps(value) if isinstance(value, (bool, list, tuple)) else repr(value)
 
 
 def _allowed_keys(section: list[str]) -> list[str]:
