@@ -149,6 +149,22 @@ def test_booleans_stay_booleans_and_tri_states_keep_auto():
     assert cfg.train.deterministic is True and cfg.train.cuda_graph is False
 
 
+@pytest.mark.parametrize("betas", ["[0.9]", "0.9", "[0.9,0.99,0.5]"])
+def test_betas_need_two_numbers(betas):
+    with pytest.raises(ConfigError) as exc:
+        load_config(overrides=["optim=adam", f"optim.betas={betas}"])
+    assert str(exc.value).endswith(": give two numbers, e.g. [0.9, 0.999]")
+    assert str(exc.value).startswith("optim.betas=")
+
+
+@pytest.mark.parametrize("milestones", ["[-1]", "[0,5]"])
+def test_milestones_are_epochs_from_one(milestones):
+    with pytest.raises(ConfigError, match=r"schedule.milestones=.* use epochs >= 1"):
+        load_config(overrides=["schedule=multistep", f"schedule.milestones={milestones}"])
+    cfg = load_config(overrides=["schedule=multistep", "schedule.milestones=[10,5]"])
+    assert cfg.schedule.milestones == [10, 5]
+
+
 @pytest.mark.parametrize(
     "override, message",
     [

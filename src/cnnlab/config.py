@@ -138,6 +138,14 @@ class OptimConfig(_Section):
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = Field(1e-8, gt=0.0)
 
+    @field_validator("betas", mode="before")
+    @classmethod
+    def _two_betas(cls, value: Any) -> Any:
+        # pydantic's own message names the missing member: "optim.betas.1: field required".
+        if not isinstance(value, (list, tuple)) or len(value) != 2:
+            raise ValueError(f"optim.betas={_fmt_yaml(value)}: give two numbers, e.g. [0.9, 0.999]")
+        return value
+
     @model_validator(mode="after")
     def _nesterov_needs_momentum(self) -> OptimConfig:
         if self.nesterov and (self.name != "sgd" or self.momentum <= 0):
@@ -154,6 +162,17 @@ class ScheduleConfig(_Section):
     milestones: list[int] = Field(
         default_factory=list, description="multistep: epochs at which to decay"
     )
+
+    @field_validator("milestones")
+    @classmethod
+    def _positive_milestones(cls, value: list[int]) -> list[int]:
+        # Epoch 0 (or below) would decay the lr from the first step; the schedule sorts them.
+        if any(m < 1 for m in value):
+            raise ValueError(
+                f"schedule.milestones={_fmt_yaml(value)} is not allowed; "
+                "use epochs >= 1 such as [30, 60]"
+            )
+        return value
 
     warmup_epochs: float = Field(0.0, ge=0.0, description="cosine: linear warm-up length")
     min_lr: float = Field(0.0, ge=0.0, description="cosine: final lr")
