@@ -138,8 +138,8 @@ def create_model(
         model = entry.obj(
             num_classes=num_classes, in_channels=in_channels, input_size=input_size, **options
         )
-    except ModelError as exc:
-        raise ModelError(f"model {entry.name!r}: {exc}") from None
+    except ModelError as exc:  # InputSizeError stays one: studies tell the two apart
+        raise type(exc)(f"model {entry.name!r}: {exc}") from None
     except (TypeError, ValueError, RuntimeError, ZeroDivisionError, IndexError) as exc:
         # A combination the checks above let through: one line naming the options, no traceback.
         raise ModelError(
@@ -200,7 +200,7 @@ def check_input_size(
     try:
         meta_forward(model, (in_channels, *input_size))
     except ModelError as exc:
-        raise ModelError(f"model {name!r}: {exc}") from None
+        raise type(exc)(f"model {name!r}: {exc}") from None
 
 
 __all__ = [

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from cnnlab.errors import ExplainError, ModelError
+from cnnlab.errors import ExplainError, InputSizeError, ModelError
 from cnnlab.registry import normalize_name
 
 T = TypeVar("T")
@@ -194,7 +194,7 @@ def meta_forward(
     which is what :func:`cnnlab.models.summary.summary` relies on.
 
     Raises:
-        ModelError: the input cannot pass; the message names the innermost module
+        InputSizeError: the input cannot pass; the message names the innermost module
             (as ``prefix`` + its name in ``named_modules()``) that was running and
             torch's reason.
     """
@@ -220,7 +220,7 @@ def meta_forward(
         inner = running[-1] if running else ""
         layer = (prefix + inner).rstrip(".") or "input"
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(
+        raise InputSizeError(
             f"cannot take input {_shape_text(input_shape)}: layer '{layer}' fails ({reason})"
         ) from None
     finally:
