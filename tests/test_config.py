@@ -122,3 +122,61 @@ def test_resume_fingerprint_ignores_only_which_gpu():
         fp("train.device=cpu").resume_fingerprint() != fp("train.device=cuda").resume_fingerprint()
     )
     assert fp().resume_fingerprint() != fp("optim.lr=0.2").resume_fingerprint()
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("optim.lr=true", "optim.lr=true: expected a number"),
+        ("train.epochs=true", "train.epochs=true: expected a number"),
+        ("train.batch_size=true", "train.batch_size=true: expected a number"),
+        ("data.subset=true", "data.subset=true: expected a number"),
+        ("data.augment.hflip=false", "data.augment.hflip=false: expected a number"),
+        ("train.grad_clip=true", "train.grad_clip=true: expected a number"),
+        ("optim.betas=[0.9,true]", "optim.betas=[0.9, true]: expected a number"),
+        ("schedule.milestones=[true]", "schedule.milestones=[true]: expected a number"),
+    ],
+)
+def test_booleans_are_not_numbers(override, message):
+    # pydantic reads true as 1: optim.lr=true trained at lr 1.0, train.epochs=true for one epoch
+    with pytest.raises(ConfigError) as exc:
+        load_config(overrides=[override])
+    assert str(exc.value) == message
+
+
+def test_booleans_stay_booleans_and_tri_states_keep_auto():
+    cfg = load_config(overrides=["train.deterministic=true", "train.cuda_graph=false"])
+    assert cfg.train.deterministic is True and cfg.train.cuda_graph is False
+
+
+@pytest.mark.parametrize("betas", ["[0.9]", "0.9", "[0.9,0.99,0.5]"])
+def test_betas_need_two_numbers(betas):
+    with pytest.raises(ConfigError) as exc:
+        load_config(overrides=["optim=adam", f"optim.betas={betas}"])
+    assert str(exc.value).endswith(": give two numbers, e.g. [0.9, 0.999]")
+    assert str(exc.value).startswith("optim.betas=")
+
+
+@pytest.mark.parametrize("milestones", ["[-1]", "[0,5]"])
+def test_milestones_are_epochs_from_one(milestones):
+    with pytest.raises(ConfigError, match=r"schedule.milestones=.* use epochs >= 1"):
+        load_config(overrides=["schedule=multistep", f"schedule.milestones={milestones}"])
+    cfg = load_config(overrides=["schedule=multistep", "schedule.milestones=[10,5]"])
+    assert cfg.schedule.milestones == [10, 5]
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (
+            "model.kernel_size=0",
+            "model 'lenet5': kernel_size=0 is not allowed; use an integer >= 1",
+        ),
+        ("model.hidden=-3", "model 'lenet5': hidden=-3 is not allowed; use a list of integers"),
+        ("model.padding=-1", "model 'lenet5': padding=-1 is not allowed; use an integer >= 0"),
+    ],
+)
+def test_model_option_values_are_checked_with_the_config(override, message):
+    with pytest.raises(ConfigError) as exc:
+        load_config(overrides=[override])
+    assert str(exc.value).startswith(message)

@@ -14,19 +14,43 @@ from __future__ import annotations
 
 import hashlib
 import json
+import typing
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from cnnlab.errors import CnnlabError, ConfigError
 from cnnlab.registry import normalize_name
 
 
+def _is_numeric(annotation: Any) -> bool:
+    """Whether a field holds numbers (``int``, ``float | None``, ``list[int]``, ...) and no bools."""
+    if annotation in (int, float):
+        return True
+    args = typing.get_args(annotation)
+    return bool(args) and bool not in args and any(_is_numeric(a) for a in args)
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bools_for_numbers(cls, data: Any) -> Any:
+        # pydantic reads true as 1 for int and float fields: optim.lr=true would train at lr 1.0.
+        if isinstance(data, Mapping):
+            for name, field in cls.model_fields.items():
+                value = data.get(name)
+                values = value if isinstance(value, (list, tuple)) else [value]
+                if _is_numeric(field.annotation) and any(isinstance(v, bool) for v in values):
+                    raise PydanticCustomError(
+                        "number_not_bool", "expected a number", {"field": name}
+                    )
+        return data
 
 
 class AugmentConfig(_Section):
@@ -82,7 +106,7 @@ class ModelConfig(BaseModel):
 
     @model_validator(mode="after")
     def _known_model(self) -> ModelConfig:
-        from cnnlab.models import MODELS, list_models, model_options
+        from cnnlab.models import MODELS, check_options, list_models, model_options
 
         if self.name not in MODELS and self.name not in list_models():
             raise ValueError(
@@ -95,6 +119,8 @@ class ModelConfig(BaseModel):
                     f"model.{key} is not an option of {normalize_name(self.name)!r}; "
                     f"options: {', '.join(sorted(allowed)) or 'none'}"
                 )
+        # Values by the kind the builder declares (kernel_size=0, hidden=[-1]), before any data loads.
+        check_options(self.name, self.options())
         object.__setattr__(self, "name", normalize_name(self.name))
         return self
 
@@ -112,6 +138,14 @@ class OptimConfig(_Section):
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = Field(1e-8, gt=0.0)
 
+    @field_validator("betas", mode="before")
+    @classmethod
+    def _two_betas(cls, value: Any) -> Any:
+        # pydantic's own message names the missing member: "optim.betas.1: field required".
+        if not isinstance(value, (list, tuple)) or len(value) != 2:
+            raise ValueError(f"optim.betas={_fmt_yaml(value)}: give two numbers, e.g. [0.9, 0.999]")
+        return value
+
     @model_validator(mode="after")
     def _nesterov_needs_momentum(self) -> OptimConfig:
         if self.nesterov and (self.name != "sgd" or self.momentum <= 0):
@@ -128,6 +162,18 @@ class ScheduleConfig(_Section):
     milestones: list[int] = Field(
         default_factory=list, description="multistep: epochs at which to decay"
     )
+
+    @field_validator("milestones")
+    @classmethod
+    def _positive_milestones(cls, value: list[int]) -> list[int]:
+        # Epoch 0 (or below) would decay the lr from the first step; the schedule sorts them.
+        if any(m < 1 for m in value):
+            raise ValueError(
+                f"schedule.milestones={_fmt_yaml(value)} is not allowed; "
+                "use epochs >= 1 such as [30, 60]"
+            )
+        return value
+
     warmup_epochs: float = Field(0.0, ge=0.0, description="cosine: linear warm-up length")
     min_lr: float = Field(0.0, ge=0.0, description="cosine: final lr")
     pct_start: float = Field(0.3, gt=0.0, lt=1.0, description="onecycle: fraction spent rising")
@@ -357,10 +403,19 @@ def _describe_error(err: dict[str, Any], raw: Mapping[str, Any]) -> str:
         allowed = _allowed_keys(section)
         where = f" in {'.'.join(section)}" if section else ""
         return f"unknown key {key!r}; allowed keys{where}: {', '.join(allowed)}"
+    if kind == "number_not_bool":
+        field = err["ctx"]["field"]
+        value = _fmt_yaml(err["input"].get(field))
+        return f"{'.'.join([*loc, field])}={value}: expected a number"
     if kind.startswith("value_error"):
         return msg.removeprefix("Value error, ")
     value = err.get("input")
     return f"{key}={value!r}: {msg[0].lower() + msg[1:]}"
+
+
+def _fmt_yaml(value: Any) -> str:
+    """A value as it was typed: ``true``, ``[0.9, true]``."""
+    return json.dumps(value) if isinstance(value, (bool, list, tuple)) else repr(value)
 
 
 def _allowed_keys(section: list[str]) -> list[str]:

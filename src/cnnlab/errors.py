@@ -38,6 +38,10 @@ class ModelError(CnnlabError):
     """A model cannot be built with the requested options or input size."""
 
 
+class InputSizeError(ModelError):
+    """A model cannot take the input size asked of it (a fact about the data, not the options)."""
+
+
 class CheckpointError(CnnlabError):
     """A checkpoint is missing, corrupt, or unsafe to load."""
 

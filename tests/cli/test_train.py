@@ -125,6 +125,37 @@ def test_model_that_cannot_take_the_input_fails_before_training(tree, tmp_path, 
     assert not (tmp_path / "runs").exists()  # nothing left behind
 
 
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        (
+            "model.padding=-1",
+            "model 'lenet5-modern': padding=-1 is not allowed; use an integer >= 0",
+        ),
+        ("model.kernel_size=0", "kernel_size=0 is not allowed; use an integer >= 1"),
+        ("model.hidden=-3", "hidden=-3 is not allowed; use a list of integers >= 1"),
+        ("model.hidden=abc", "hidden='abc' is not allowed"),
+        ("model.channels=[6.5,16]", "channels=[6.5, 16] is not allowed"),
+    ],
+)
+def test_bad_model_option_values_fail_before_the_run_folder(
+    tree, tmp_path, capsys, override, needle
+):
+    assert main(_train_args(tree, tmp_path / "runs", override)) == 2
+    _one_line_error(capsys, needle)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_model_that_cannot_run_fails_before_the_run_folder(tree, tmp_path, capsys, monkeypatch):
+    # the safety net behind the option checks: one real forward pass before the folder exists
+    from cnnlab import models
+
+    monkeypatch.setattr(models, "check_option_values", lambda builder, options: None)
+    assert main(_train_args(tree, tmp_path / "runs", "model.padding=-1")) == 2
+    _one_line_error(capsys, "model 'lenet5-modern' cannot run with padding=-1 (negative padding")
+    assert not (tmp_path / "runs").exists()
+
+
 def test_devices_2_relaunches_under_torchrun_with_a_fixed_name(tree, tmp_path, monkeypatch):
     # the launch itself is covered by tests/engine/test_distributed.py; here: what the CLI asks for
     from cnnlab.engine import distributed

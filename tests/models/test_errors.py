@@ -7,7 +7,7 @@ import torch
 
 from cnnlab.cli import main
 from cnnlab.errors import ModelError, RegistryError
-from cnnlab.models import create_model
+from cnnlab.models import check_forward, check_options, create_model
 
 
 def test_unknown_model_lists_what_exists():
@@ -77,6 +77,66 @@ def test_instance_norm_on_a_one_pixel_map_fails_at_construction():
         create_model("resnet18", input_size=32, norm="instance")
 
 
+@pytest.mark.parametrize(
+    ("name", "options", "message"),
+    [
+        ("lenet5", {"padding": -1}, r"padding=-1 is not allowed; use an integer >= 0"),
+        ("lenet5", {"kernel_size": -1}, r"kernel_size=-1 is not allowed; use an integer >= 1"),
+        ("lenet5", {"kernel_size": 0}, r"kernel_size=0 is not allowed; use an integer >= 1"),
+        ("lenet5", {"kernel_size": "abc"}, r"kernel_size='abc' is not allowed; use an integer"),
+        ("lenet5", {"conv2_kernel_size": 0}, r"conv2_kernel_size=0 is not allowed"),
+        ("lenet5", {"pool_size": 0}, r"pool_size=0 is not allowed"),
+        ("lenet5", {"pool_stride": 0}, r"pool_stride=0 is not allowed"),
+        ("lenet5", {"hidden": [-5]}, r"hidden=\[-5\] is not allowed; use a list of integers >= 1"),
+        ("lenet5", {"hidden": [0]}, r"hidden=\[0\] is not allowed; .* such as \[120, 84\]"),
+        ("lenet5", {"hidden": -3}, r"hidden=-3 is not allowed; use a list of integers >= 1"),
+        ("lenet5", {"hidden": "abc"}, r"hidden='abc' is not allowed; use a list of integers"),
+        ("lenet5", {"channels": [-1, 16]}, r"channels=\[-1, 16\] is not allowed"),
+        ("lenet5", {"channels": [6.5, 16]}, r"channels=\[6.5, 16\] is not allowed"),
+        ("lenet5", {"channels": [True, 16]}, r"channels=\[True, 16\] is not allowed"),
+        ("mlp", {"hidden": [-1]}, r"hidden=\[-1\] is not allowed"),
+        ("vgg11", {"hidden": 0}, r"hidden=0 is not allowed; use an integer >= 1"),
+        ("densenet121", {"bn_size": -1}, r"bn_size=-1 is not allowed; use an integer >= 0"),
+        ("googlenet", {"branch_kernel": 0}, r"branch_kernel=0 is not allowed"),
+        ("resnet18", {"width": "wide"}, r"width='wide' is not allowed; use a number"),
+    ],
+)
+def test_option_values_are_checked_by_the_kind_the_builder_declares(name, options, message):
+    with torch.device("meta"), pytest.raises(ModelError, match=f"model '{name}': {message}"):
+        create_model(name, **options)
+    with pytest.raises(ModelError, match=message):
+        check_options(name, options)  # the same check without building (config, studies)
+
+
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [
+        ("lenet5", {"padding": 0}),
+        ("densenet-small", {"bn_size": 0}),
+        ("nin", {"pointwise_convs": 0}),
+        ("mlp", {"hidden": []}),
+        ("lenet5", {"pool_stride": None, "padding": None}),
+    ],
+)
+def test_zero_and_none_stay_allowed_where_the_builder_says_so(name, options):
+    with torch.device("meta"):
+        create_model(name, **options)
+
+
+def test_a_failure_the_checks_miss_is_one_line_naming_model_and_options(monkeypatch):
+    from cnnlab import models
+
+    monkeypatch.setattr(models, "check_option_values", lambda builder, options: None)
+    with pytest.raises(ModelError) as err:
+        create_model("lenet5", hidden=[-5])
+    text = str(err.value)
+    assert text.startswith("model 'lenet5' cannot be built with hidden=[-5] (")
+    model = create_model("lenet5", padding=-1)  # the meta dry run does not see this one
+    with pytest.raises(ModelError, match=r"model 'lenet5' cannot run with padding=-1 \(negative"):
+        check_forward(model, 1, (28, 28), name="lenet5", options={"padding": -1})
+    assert model.training  # the mode is restored
+
+
 # -- the command line
 
 
@@ -128,6 +188,11 @@ def test_cli_summary_defaults_to_the_models_input(capsys):
         (["summary", "lenet5", "-o", "norm"], "--option 'norm' is not allowed; expected KEY=VALUE"),
         (["summary", "lenet5", "-o", "hidden=[1,"], "is not a valid YAML value"),
         (["summary", "lenet5", "--input", "1x8x8"], "layer 'features.conv2.conv' fails"),
+        (["summary", "lenet5", "-o", "kernel_size=0"], "kernel_size=0 is not allowed"),
+        (["summary", "lenet5", "-o", "padding=-1"], "padding=-1 is not allowed"),
+        (["summary", "lenet5", "-o", "hidden=[-1]"], "hidden=[-1] is not allowed"),
+        (["summary", "lenet5", "--depth", "0"], "--depth 0 is not allowed; use 1 or more"),
+        (["summary", "lenet5", "--depth", "-1"], "--depth -1 is not allowed"),
         (["models", "transformer"], "no model matches 'transformer'"),
     ],
 )

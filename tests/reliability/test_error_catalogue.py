@@ -60,6 +60,9 @@ def env(tmp_path_factory):
     (root / "spec-badbase.yaml").write_text(
         "name: s\nbase:\n  model:\n    name: lenet9\nvary:\n  optim.lr: [0.1]\n"
     )
+    (root / "spec-badvariant.yaml").write_text(
+        "name: s\nbase: {}\nvariants:\n  wide: {model.channels: [12]}\n"
+    )
     ctx = {
         "run": str(root / "runs" / "ok"),
         "corrupt": str(corrupt),
@@ -95,6 +98,11 @@ CASES = [
         ],
         "swishy",
     ),
+    (["train", "model.kernel_size=0"], "kernel_size=0 is not allowed; use an integer >= 1"),
+    (["train", "model.hidden=abc"], "hidden='abc' is not allowed"),
+    (["train", "optim.lr=true"], "optim.lr=true: expected a number"),
+    (["train", "optim.betas=[0.9]"], "give two numbers"),
+    (["train", "schedule.milestones=[-1]"], "schedule.milestones=[-1]"),
     (["train", "lr0.1"], "must look like key=value"),
     (["train", "data.val_fraction=1.5"], "data.val_fraction=1.5"),
     (["train", "train.device=tpu"], "train.device='tpu'"),
@@ -127,6 +135,8 @@ CASES = [
     (["summary", "lenet5", "--input", "1x4x4"], "cannot take input"),
     (["summary", "lenet5", "-o", "wings=2"], "wings"),
     (["summary", "resnet18", "-o", "shortcut=teleport"], "teleport"),
+    (["summary", "lenet5", "-o", "padding=-1"], "padding=-1 is not allowed"),
+    (["summary", "lenet5", "--depth", "0"], "--depth 0"),
     # data
     (["data", "info", "imagenet"], "imagenet"),
     (["data", "info", "imagefolder", "--root", "{tmp}/nowhere"], "nowhere"),
@@ -160,6 +170,10 @@ CASES = [
         "optim.lrr",
     ),
     (["study", "run", "{tmp}/spec-badbase.yaml", "--root", "{tmp}/studies", "--dry-run"], "lenet9"),
+    (
+        ["study", "run", "{tmp}/spec-badvariant.yaml", "--root", "{tmp}/studies", "--dry-run"],
+        "channels=[12]",
+    ),
     (["study", "status", "no-such-study", "--root", "{tmp}/studies"], "no-such-study"),
     (["study", "report", "no-such-study", "--root", "{tmp}/studies"], "no-such-study"),
     (["recipes", "show", "no-such-recipe"], "no-such-recipe"),

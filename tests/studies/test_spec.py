@@ -201,6 +201,42 @@ def test_spec_errors_name_the_key(change, needle):
     assert "\n" not in message
 
 
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        (
+            {"variants": {"wide": {"model.channels": [12]}}},
+            "study 'tiny' variants.wide: model 'lenet5': channels=[12] is not allowed",
+        ),
+        (
+            {"vary": {"model.kernel_size": [3, 0]}},
+            "study 'tiny' vary.model.kernel_size[1]: model 'lenet5': kernel_size=0 is not allowed",
+        ),
+        (
+            {"grid": {"model.hidden": [[16], [-1]], "optim.lr": [0.1]}},
+            "model 'lenet5': hidden=[-1] is not allowed; use a list of integers >= 1",
+        ),
+        (
+            {"variants": {"r": {"model": "resnet18", "model.blocks": [2, 0]}}},
+            "study 'tiny' variants.r: model 'resnet18': blocks=[2, 0] is not allowed",
+        ),
+    ],
+)
+def test_a_model_that_cannot_be_built_is_refused_before_anything_trains(change, needle):
+    # such a variant passed --dry-run, then failed three times in a real run that exited 0
+    with pytest.raises(StudyError) as info:
+        spec_from_dict({**tiny_spec(), **change})
+    assert needle in str(info.value) and "\n" not in str(info.value)
+
+
+def test_an_input_size_is_left_to_the_data():
+    # pool_size=6 does not fit lenet5's own 28x28 (4x4 before the 5x5 conv2) but fits the
+    # 64x64 images this variant trains on: the expansion builds at the model's size and
+    # leaves sizes to the trainer, which checks them against the real images.
+    spec = spec_from_dict(tiny_spec(variants={"big": {"model.pool_size": 6, "data.resize": 64}}))
+    assert "big" in {p.variant for p in expand(spec)}
+
+
 def test_base_errors_name_the_key(tmp_path):
     data = tiny_spec()
     data["base"]["train"]["epochs"] = "ten"

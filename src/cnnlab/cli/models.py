@@ -110,7 +110,9 @@ def summary_command(
     ] = None,
     depth: Annotated[
         int | None,
-        typer.Option("--depth", help="show modules down to this depth instead of the leaf layers"),
+        typer.Option(
+            "--depth", help="show modules down to this depth (1 or more) instead of the leaf layers"
+        ),
     ] = None,
 ) -> None:
     """Per-layer output shapes, parameters and mult-adds, with totals."""
@@ -120,6 +122,8 @@ def summary_command(
     from cnnlab.models.summary import summary
     from cnnlab.registry import normalize_name
 
+    if depth is not None and depth < 1:
+        raise ConfigError(f"--depth {depth} is not allowed; use 1 or more (1: the top modules)")
     options = parse_options(option or [])
     if input is None:
         size = default_input_size(model) or (28, 28)

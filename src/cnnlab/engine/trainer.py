@@ -52,7 +52,7 @@ from cnnlab.engine.optim import build_optimizer, init_weights
 from cnnlab.engine.run import Run, RunFolder, default_run_name
 from cnnlab.engine.schedules import lr_at
 from cnnlab.errors import CheckpointError, ConfigError, RunError
-from cnnlab.models import create_model
+from cnnlab.models import check_forward, create_model
 
 log = logging.getLogger("cnnlab.train")
 
@@ -407,15 +407,18 @@ def _train(
     )
 
     # -- model and optimizer
+    size = input_size(splits, cfg.data)
     model = create_model(
         cfg.model.name,
         num_classes=splits.num_classes,
         in_channels=splits.in_channels,
-        input_size=input_size(splits, cfg.data),
+        input_size=size,
         **cfg.model.options(),
     )
     init_weights(model, cfg.model.init)
     model.to(device)
+    # One real forward pass before the run folder exists: a model that cannot run fails here.
+    check_forward(model, splits.in_channels, size, name=cfg.model.name, options=cfg.model.options())
     channels_last = use_channels_last(cfg.train.channels_last, model, device, cfg.train.precision)
     pipeline = build_pipeline(splits, cfg.data, channels_last=channels_last).to(device)
     if channels_last:

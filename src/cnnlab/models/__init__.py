@@ -12,10 +12,11 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import nn
 
 from cnnlab.errors import ModelError
-from cnnlab.models.base import Network, meta_forward
+from cnnlab.models.base import Network, check_option_values, meta_forward
 from cnnlab.registry import Registry
 
 MODELS: Registry[Callable[..., Network]] = Registry("model")
@@ -49,6 +50,36 @@ def model_options(name: str) -> dict[str, Any]:
         for p in sig.parameters.values()
         if p.name not in skip and p.kind is not inspect.Parameter.VAR_KEYWORD
     }
+
+
+def check_options(name: str, options: dict[str, Any]) -> None:
+    """Check option names and values of model ``name`` without building it.
+
+    Each value is checked by the kind its builder's signature declares (see
+    :func:`~cnnlab.models.base.check_option_value`), so the run config, ``summary``
+    and study expansion refuse ``kernel_size=0`` or ``hidden=[-1]`` in one line
+    before any work starts.
+
+    Raises:
+        RegistryError: unknown name. ModelError: unknown option or a value of the wrong kind.
+    """
+    _load_families()
+    entry = MODELS.entry(name)
+    allowed = model_options(entry.name)
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ModelError(
+            f"model {entry.name!r} has no option {unknown[0]!r}; "
+            f"options: {', '.join(sorted(allowed)) or 'none'}"
+        )
+    try:
+        check_option_values(entry.obj, options)
+    except ModelError as exc:
+        raise ModelError(f"model {entry.name!r}: {exc}") from None
+
+
+def _options_text(options: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in sorted(options.items())) or "default options"
 
 
 def default_input_size(name: str) -> tuple[int, int] | None:
@@ -97,13 +128,7 @@ def create_model(
     if isinstance(input_size, int):
         input_size = (input_size, input_size)
     input_size = tuple(int(s) for s in input_size)
-    allowed = model_options(entry.name)
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise ModelError(
-            f"model {entry.name!r} has no option {unknown[0]!r}; "
-            f"options: {', '.join(sorted(allowed)) or 'none'}"
-        )
+    check_options(entry.name, options)
     if num_classes < 1 or in_channels < 1 or len(input_size) != 2 or min(input_size) < 1:
         raise ModelError(
             f"num_classes, in_channels and input size (H, W) must be positive, got "
@@ -113,13 +138,59 @@ def create_model(
         model = entry.obj(
             num_classes=num_classes, in_channels=in_channels, input_size=input_size, **options
         )
-    except ModelError as exc:
-        raise ModelError(f"model {entry.name!r}: {exc}") from None
-    except (TypeError, ValueError) as exc:
-        raise ModelError(f"model {entry.name!r}: {exc}") from None
+    except ModelError as exc:  # InputSizeError stays one: studies tell the two apart
+        raise type(exc)(f"model {entry.name!r}: {exc}") from None
+    except (TypeError, ValueError, RuntimeError, ZeroDivisionError, IndexError) as exc:
+        # A combination the checks above let through: one line naming the options, no traceback.
+        raise ModelError(
+            f"model {entry.name!r} cannot be built with {_options_text(options)} ({_reason(exc)})"
+        ) from None
     if check:
         check_input_size(model, in_channels, input_size, name=entry.name)
     return model
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def check_forward(
+    model: nn.Module,
+    in_channels: int,
+    input_size: tuple[int, int],
+    *,
+    name: str = "model",
+    options: dict[str, Any] | None = None,
+) -> None:
+    """Run one zero image through ``model`` where its weights live (eval mode, no grad).
+
+    The meta-device dry run checks shapes only; some kernels refuse arguments only
+    when they compute (negative padding, say). The trainer calls this before it
+    creates the run folder, so a model that cannot run leaves nothing behind.
+    Weights, running statistics and train/eval modes are left as they were.
+
+    Raises:
+        ModelError: naming the model, its options and torch's reason.
+    """
+    tensor = next(iter(model.parameters()), None)
+    if tensor is None:
+        tensor = next(iter(model.buffers()), None)
+    device = tensor.device if tensor is not None else None
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, in_channels, *input_size, device=device))
+    except torch.OutOfMemoryError:
+        raise
+    except (RuntimeError, ValueError, ZeroDivisionError, TypeError, IndexError) as exc:
+        raise ModelError(
+            f"model {name!r} cannot run with {_options_text(options or {})} ({_reason(exc)})"
+        ) from None
+    finally:
+        for m, mode in modes:
+            m.training = mode
 
 
 def check_input_size(
@@ -129,13 +200,15 @@ def check_input_size(
     try:
         meta_forward(model, (in_channels, *input_size))
     except ModelError as exc:
-        raise ModelError(f"model {name!r}: {exc}") from None
+        raise type(exc)(f"model {name!r}: {exc}") from None
 
 
 __all__ = [
     "MODELS",
     "Network",
+    "check_forward",
     "check_input_size",
+    "check_options",
     "create_model",
     "default_in_channels",
     "default_input_size",

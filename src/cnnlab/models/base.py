@@ -8,16 +8,21 @@ never on a family's internals.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+import functools
+import inspect
+import types
+import typing
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from itertools import chain
-from typing import TypeVar
+from typing import Annotated, Any, TypeVar
 
 import torch
 from torch import nn
 from torch.func import functional_call
 
-from cnnlab.errors import ExplainError, ModelError
+from cnnlab.errors import ExplainError, InputSizeError, ModelError
 from cnnlab.registry import normalize_name
 
 T = TypeVar("T")
@@ -44,6 +49,108 @@ def check_counts(values: Sequence[int], option: str, example: str) -> tuple[int,
             f"{option}={values!r} is not allowed; give positive counts such as {example}"
         )
     return tuple(values)
+
+
+@dataclass(frozen=True)
+class AtLeast:
+    """Marker in a builder's annotation: ``Annotated[int, AtLeast(0)]``."""
+
+    minimum: int
+
+
+# An integer option that may be zero (padding, an optional bottleneck); other integer
+# options (channels, widths, kernel sizes, counts) must be at least 1.
+ZeroOrMore = Annotated[int, AtLeast(0)]
+
+
+def _option_hints(builder: Callable[..., Any]) -> dict[str, Any]:
+    """The resolved annotations of a builder (a class, function or ``functools.partial``)."""
+    while isinstance(builder, functools.partial):
+        builder = builder.func
+    target = builder.__init__ if inspect.isclass(builder) else builder
+    try:
+        return typing.get_type_hints(target, include_extras=True)
+    except (NameError, TypeError):  # an annotation that cannot be resolved: no checks
+        return {}
+
+
+def _int_minimum(hint: Any) -> int | None:
+    """``1`` for ``int``, ``n`` for ``Annotated[int, AtLeast(n)]``, None for other types."""
+    if hint is int:
+        return 1
+    if typing.get_origin(hint) is Annotated:
+        base, *extras = typing.get_args(hint)
+        if base is int:
+            return next((e.minimum for e in extras if isinstance(e, AtLeast)), 1)
+    return None
+
+
+def _is_int(value: Any, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _example(default: Any) -> str:
+    if isinstance(default, (list, tuple)) and default:
+        return f" such as [{', '.join(map(str, default))}]"
+    if isinstance(default, str):
+        return f" such as {default!r}"
+    return ""
+
+
+def check_option_value(hint: Any, option: str, value: Any, default: Any = None) -> None:
+    """Check one model option's value against its kind, read from the builder's annotation.
+
+    Integers (channels, widths, kernel sizes, counts) must be whole numbers >= 1
+    (>= 0 where the builder says :data:`ZeroOrMore`), lists of them lists of such
+    numbers, floats real numbers, booleans true or false, names strings. Ranges
+    beyond that (dropout in [0, 1), a list's length) stay with the family.
+
+    Raises:
+        ModelError: ``kernel_size=0 is not allowed; use an integer >= 1``.
+    """
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return
+        kinds = [a for a in args if a is not type(None)]
+        if len(kinds) != 1:
+            return  # a real union (``bool | Literal["auto"]``): left to the family
+        hint = kinds[0]
+    minimum = _int_minimum(hint)
+    if minimum is not None:
+        if not _is_int(value, minimum):
+            raise ModelError(f"{option}={value!r} is not allowed; use an integer >= {minimum}")
+        return
+    origin = typing.get_origin(hint)
+    if origin in (Sequence, list, tuple):
+        items = typing.get_args(hint)
+        minimum = _int_minimum(items[0]) if items else None
+        if minimum is None:
+            return
+        ok = isinstance(value, (list, tuple)) and all(_is_int(v, minimum) for v in value)
+        if not ok:
+            raise ModelError(
+                f"{option}={value!r} is not allowed; use a list of integers >= {minimum}"
+                f"{_example(default)}"
+            )
+        return
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ModelError(f"{option}={value!r} is not allowed; use a number{_example(default)}")
+    elif hint is bool:
+        if not isinstance(value, bool):
+            raise ModelError(f"{option}={value!r} is not allowed; use true or false")
+    elif hint is str and not isinstance(value, str):
+        raise ModelError(f"{option}={value!r} is not allowed; use a name{_example(default)}")
+
+
+def check_option_values(builder: Callable[..., Any], options: Mapping[str, Any]) -> None:
+    """Check every option in ``options`` against ``builder``'s signature (see above)."""
+    hints = _option_hints(builder)
+    params = inspect.signature(builder).parameters
+    for option, value in options.items():
+        if option in hints and option in params:
+            check_option_value(hints[option], option, value, params[option].default)
 
 
 def _shape_text(shape: tuple[int, ...]) -> str:
@@ -87,7 +194,7 @@ def meta_forward(
     which is what :func:`cnnlab.models.summary.summary` relies on.
 
     Raises:
-        ModelError: the input cannot pass; the message names the innermost module
+        InputSizeError: the input cannot pass; the message names the innermost module
             (as ``prefix`` + its name in ``named_modules()``) that was running and
             torch's reason.
     """
@@ -109,11 +216,11 @@ def meta_forward(
     try:
         with torch.no_grad(), _dry_run_mode(module):
             out = functional_call(module, meta, (x,), strict=False)
-    except (RuntimeError, ValueError, IndexError) as exc:
+    except (RuntimeError, ValueError, IndexError, ZeroDivisionError, TypeError) as exc:
         inner = running[-1] if running else ""
         layer = (prefix + inner).rstrip(".") or "input"
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(
+        raise InputSizeError(
             f"cannot take input {_shape_text(input_shape)}: layer '{layer}' fails ({reason})"
         ) from None
     finally:

@@ -19,7 +19,7 @@ from torch import nn
 from cnnlab.errors import ModelError
 from cnnlab.layers import ClassifierHead, LayerConfig, get_pool
 from cnnlab.models import MODELS
-from cnnlab.models.base import Network, check_counts, choose
+from cnnlab.models.base import Network, ZeroOrMore, check_counts, choose
 
 
 class DenseLayer(nn.Sequential):
@@ -67,7 +67,7 @@ class DenseNet(Network):
         input_size: tuple[int, int],
         growth_rate: int = 32,
         blocks: Sequence[int] = (6, 12, 24, 16),  # layers per dense block
-        bn_size: int = 4,  # bottleneck width in multiples of growth_rate; 0: no bottleneck
+        bn_size: ZeroOrMore = 4,  # bottleneck width in multiples of growth_rate; 0: no bottleneck
         compression: float = 0.5,  # channel factor of each transition
         init_features: int = 64,  # channels out of the stem
         stem: str = "imagenet",  # imagenet (7x7/2 + max pool) | small (3x3/1)

@@ -18,7 +18,7 @@ from torch import nn
 from cnnlab.errors import ModelError
 from cnnlab.layers import Flatten, LayerConfig, check_dropout
 from cnnlab.models import MODELS
-from cnnlab.models.base import Network, output_shape
+from cnnlab.models.base import Network, ZeroOrMore, output_shape
 
 
 class LeNet(Network):
@@ -43,7 +43,7 @@ class LeNet(Network):
         pool_stride: int | None = None,  # None: equal to pool_size (non-overlapping)
         kernel_size: int = 5,  # conv1, the kernel-size ablation
         conv2_kernel_size: int = 5,
-        padding: int | None = None,  # conv1; None: kernel_size // 2 (2 for the classic 5x5)
+        padding: ZeroOrMore | None = None,  # conv1; None: kernel_size // 2 (2 for the classic 5x5)
         channels: Sequence[int] = (6, 16),
         hidden: Sequence[int] = (120, 84),
         norm: str = "none",

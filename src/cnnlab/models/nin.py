@@ -16,7 +16,7 @@ from torch import nn
 from cnnlab.errors import ModelError
 from cnnlab.layers import Flatten, LayerConfig, make_dropout, scale_width
 from cnnlab.models import MODELS
-from cnnlab.models.base import Network
+from cnnlab.models.base import Network, ZeroOrMore
 
 # (out channels, kernel, stride, padding) of the first conv of each block; the last
 # block's channel count is the number of classes.
@@ -56,7 +56,7 @@ class NiN(Network):
         num_classes: int,
         in_channels: int,
         input_size: tuple[int, int],
-        pointwise_convs: int = 2,  # 1x1 convs per block
+        pointwise_convs: ZeroOrMore = 2,  # 1x1 convs per block
         width: float = 1.0,  # multiplies the channels of blocks 1-3
         dropout: float = 0.5,  # before the last block, which acts as the classifier
         activation: str = "relu",

@@ -189,7 +189,7 @@ def summary(
     try:
         meta_forward(model, shape)
     except ModelError as exc:
-        raise ModelError(f"model {label!r}: {exc}" if label else str(exc)) from None
+        raise type(exc)(f"model {label!r}: {exc}" if label else str(exc)) from None
     finally:
         for h in handles:
             h.remove()

@@ -18,6 +18,7 @@ different initializations and data orders.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -38,7 +39,7 @@ from cnnlab.config import (
     read_yaml,
     set_dotted,
 )
-from cnnlab.errors import ConfigError, StudyError
+from cnnlab.errors import CnnlabError, ConfigError, InputSizeError, StudyError
 
 # Metrics a study can rank variants by, as they appear in summary.json.
 METRICS: dict[str, tuple[str, str]] = {
@@ -584,6 +585,35 @@ def _validated(spec: StudySpec, variant: _Variant) -> RunConfig:
         raise StudyError(f"study {spec.name!r} {variant.where}: {exc}") from None
 
 
+def _json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+@functools.lru_cache(maxsize=256)
+def _build_problem(name: str, options_json: str) -> str | None:
+    """Why model ``name`` cannot be built with these options, or None when it can.
+
+    The config already checked each option by its kind; what only the family knows
+    (LeNet has two conv layers, so ``channels: [12]`` is refused) shows when it is
+    built. Built once per distinct model on the meta device: no weights, no data,
+    about a millisecond for LeNet and tens for the ImageNet networks. An input size
+    the model cannot take is the data's business (the trainer checks it with the
+    real images), so the model's own default size is used and such errors pass.
+    """
+    import torch
+
+    from cnnlab.models import create_model
+
+    try:
+        with torch.device("meta"):
+            create_model(name, check=False, **json.loads(options_json))
+    except InputSizeError:
+        return None
+    except CnnlabError as exc:
+        return str(exc)
+    return None
+
+
 def factor_diff(config: RunConfig, base: RunConfig) -> dict[str, Any]:
     diff = flatten(config.to_dict(), skip_equal_to=flatten(base.to_dict()))
     for key in _BOOKKEEPING_KEYS:
@@ -614,6 +644,10 @@ def expand(spec: StudySpec) -> list[RunPlan]:
             continue
         seen[ident] = variant.label
         chosen.append((variant, config))
+    for variant, config in chosen:
+        problem = _build_problem(config.model.name, _json(config.model.options()))
+        if problem:
+            raise StudyError(f"study {spec.name!r} {variant.where}: {problem}")
 
     plans: list[RunPlan] = []
     for variant, config in chosen:
