@@ -103,7 +103,11 @@ CASES = [
     (["train", "--config", "{tmp}/list.yaml"], "expected a mapping"),
     (["train", "--config", "{tmp}/unknown.yaml"], "unknown key 'optim.lrr'"),
     (["train", "--resume", "{tmp}/no-such-run"], "not a run folder"),
-    (["train", "--resume", "{run}", "optim.lr=0.1"], "drop --config and the overrides"),
+    (["train", "--resume", "{run}", "optim.lr=0.1"], "drop the overrides (optim.lr=0.1)"),
+    (["train", "--resume", "{run}", "--name", "other"], "drop --name"),
+    (["train", "--resume", "{run}"], "nothing to resume"),
+    (["train", "--name", "../escape"], "run name '../escape' is not allowed"),
+    (["train", "--runs", "{tmp}", "--name", "tree"], "already exists and is not a run folder"),
     (["train", "data=imagefolder"], "root"),
     (["train", "data=imagefolder", "data.root={tmp}/nowhere"], "nowhere"),
     (

@@ -123,9 +123,9 @@ def train(
     name: Annotated[
         str | None, typer.Option("--name", help="run name (default: timestamp-model-data)")
     ] = None,
-    runs_root: Annotated[Path, typer.Option("--runs", help="folder that holds run folders")] = Path(
-        "runs"
-    ),
+    runs_root: Annotated[
+        Path | None, typer.Option("--runs", help="folder that holds run folders (default: runs)")
+    ] = None,
     resume: Annotated[
         Path | None, typer.Option("--resume", help="continue the run in this folder")
     ] = None,
@@ -135,24 +135,42 @@ def train(
 ) -> None:
     """Train one model on one data set (default: textbook LeNet-5 on Fashion-MNIST)."""
     from cnnlab.config import load_config
+    from cnnlab.engine.run import Run, check_run_name, finished_run_error, new_run_dir
     from cnnlab.engine.trainer import summary_line
     from cnnlab.engine.trainer import train as run_training
 
     overrides = list(overrides or [])
-    if data_dir:
-        overrides.append(f"data.data_dir={data_dir}")
     if resume is not None:
         if not (resume / "config.yaml").is_file():
             raise RunError(
                 f"{str(resume)!r} is not a run folder (no config.yaml); nothing to resume"
             )
-        if config is not None or overrides:
-            raise RunError(
-                "--resume continues a run with its saved config; drop --config and the overrides"
+        given = [
+            option
+            for option, value in (
+                ("--config", config),
+                ("--data-dir", data_dir),
+                ("--name", name),
+                ("--runs", runs_root),
+                (f"the overrides ({' '.join(overrides)})", overrides),
             )
+            if value
+        ]
+        if given:
+            raise RunError(
+                f"--resume continues a run in its folder with its saved config; drop {' and '.join(given)}"
+            )
+        finished = finished_run_error(resume, Run.load(resume).summary)
+        if finished is not None:
+            raise finished
         cfg = None
     else:
+        if data_dir:
+            overrides.append(f"data.data_dir={data_dir}")
+        if name is not None:
+            check_run_name(name)
         cfg = load_config(config, overrides)
+    runs_root = runs_root if runs_root is not None else Path("runs")
     devices = cfg.train.devices if cfg is not None else _saved_devices(resume)
     if devices > 1:
         from cnnlab.engine import distributed
@@ -162,11 +180,12 @@ def train(
             # so every rank writes to the same run folder.
             from cnnlab.engine.run import default_run_name
 
-            args = ["train", "--runs", str(runs_root)]
             if resume is not None:
-                args += ["--resume", str(resume)]
+                args = ["train", "--resume", str(resume)]
             else:
-                args += [*overrides, "--name", name or default_run_name(cfg)]
+                name = name or default_run_name(cfg)
+                new_run_dir(runs_root, name)  # refuse now, not once per rank
+                args = ["train", "--runs", str(runs_root), *overrides, "--name", name]
                 if config is not None:
                     args += ["--config", str(config)]
             raise typer.Exit(distributed.launch(devices, args))
