@@ -105,9 +105,7 @@ def check_output_file(path: str | Path) -> Path:
         raise RunError(f"cannot write {str(path)!r}: folder {str(parent)!r} does not exist")
     if not parent.is_dir():
         raise RunError(f"cannot write {str(path)!r}: {str(parent)!r} is not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK) or (
-        path.exists() and not os.access(path, os.W_OK)
-    ):
+    if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise RunError(f"cannot write {str(path)!r}: permission denied")
     return path
 
