@@ -261,3 +261,25 @@ def test_resume_refuses_options_it_would_ignore(done_run, capsys, extra, needle)
     err = _one_line_error(capsys, needle)
     assert "--resume continues a run" in err
     assert _snapshot(done_run) == before
+
+
+@pytest.mark.parametrize("command", [["evaluate"], ["predict"], ["predict", "--split", "val"]])
+@pytest.mark.parametrize("device", ["tpu", "cuda:x", "gpu0", ""])
+def test_bad_device_is_one_line(done_run, capsys, command, device):
+    assert main([command[0], str(done_run), *command[1:], "--device", device]) == 2
+    _one_line_error(
+        capsys, f"--device {device!r} is not allowed; use auto, cpu, cuda, cuda:N or mps"
+    )
+
+
+def test_unavailable_device_names_the_option(done_run, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["evaluate", str(done_run), "--device", "cuda:1"]) == 2
+    _one_line_error(capsys, "--device 'cuda:1' but CUDA is not available here; use --device cpu")
+
+
+def test_train_device_message_matches_the_commands(capsys):
+    assert main(["train", "train.device=tpu"]) == 2
+    _one_line_error(capsys, "train.device='tpu' is not allowed; use auto, cpu, cuda, cuda:N or mps")

@@ -254,6 +254,12 @@ def unreadable(tmp_path) -> Path:
         ),
         (("filters", "{lenet}", "--layer", "head"), "layer 'head' has no convolution"),
         (("errors", "{lenet}", "--split", "holdout"), "split 'holdout' is not allowed"),
+        (("explain", "{lenet}", "--device", "tpu"), "--device 'tpu' is not allowed; use auto"),
+        (
+            ("features", "{lenet}", "--layer", "features.conv1", "--image", "0", "--device", "tpu"),
+            "--device 'tpu' is not allowed; use auto",
+        ),
+        (("errors", "{lenet}", "--device", "tpu"), "--device 'tpu' is not allowed; use auto"),
     ],
 )
 def test_bad_input_gives_one_clear_line(cli, runs, tmp_path, unreadable, args, message):

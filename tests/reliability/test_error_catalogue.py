@@ -138,6 +138,7 @@ CASES = [
     (["evaluate", "{tmp}/no-such-run"], "not a run folder"),
     (["evaluate", "{run}", "--split", "dev"], "split 'dev'"),
     (["evaluate", "{run}", "--checkpoint", "worst"], "checkpoint 'worst'"),
+    (["evaluate", "{run}", "--device", "tpu"], "--device 'tpu' is not allowed"),
     (["evaluate", "{corrupt}"], "corrupt"),
     (["predict", "{run}", "--out", "{tmp}/no/such/dir/test.txt"], "does not exist"),
     (["predict", "{run}", "{tmp}/bad.png"], "cannot read image file"),

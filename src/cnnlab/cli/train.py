@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from cnnlab.cli import app
+from cnnlab.cli import app, device_option
 from cnnlab.errors import RunError
 
 
@@ -230,12 +230,15 @@ def evaluate(
     run_dir: Annotated[Path, typer.Argument(help="run folder")],
     split: Annotated[str, typer.Option("--split", help="test, val or train")] = "test",
     checkpoint: Annotated[str, typer.Option("--checkpoint", help="best or last")] = "best",
-    device: Annotated[str, typer.Option("--device")] = "auto",
+    device: Annotated[
+        str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps")
+    ] = "auto",
 ) -> None:
     """Loss, accuracy and per-class accuracy of a trained run; writes confusion.png."""
     from rich.console import Console
     from rich.table import Table
 
+    device_option(device)
     run = _load_run(run_dir)
     result = run.evaluate(split=split, checkpoint=checkpoint, device=device)
     console = Console()
@@ -264,9 +267,12 @@ def predict(
     ] = None,
     top_k: Annotated[int, typer.Option("--top-k", min=1)] = 3,
     checkpoint: Annotated[str, typer.Option("--checkpoint", help="best or last")] = "best",
-    device: Annotated[str, typer.Option("--device")] = "auto",
+    device: Annotated[
+        str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps")
+    ] = "auto",
 ) -> None:
     """Predict a split (one class per line, data order) or individual image files."""
+    device_option(device)
     run = _load_run(run_dir)
     if files:
         for p in run.predict(files=files, checkpoint=checkpoint, top_k=top_k, device=device):

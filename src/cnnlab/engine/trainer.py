@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import cnnlab
-from cnnlab.config import RunConfig, build_config, flatten, read_yaml
+from cnnlab.config import RunConfig, build_config, check_device, flatten, read_yaml, setting
 from cnnlab.data import DataSplits
 from cnnlab.engine import checkpoint as ckpt
 from cnnlab.engine import distributed as D
@@ -70,8 +70,13 @@ _CHECKPOINT_VERSION = 1
 # ---------------------------------------------------------------- setup helpers
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA, then MPS, then CPU; an explicit device must exist."""
+def resolve_device(name: str, option: str = "train.device") -> torch.device:
+    """``auto`` picks CUDA, then MPS, then CPU; an explicit device must exist.
+
+    ``option`` names the setting in errors (``--device`` for the commands that use a run).
+    """
+    check_device(name, option)
+    given, use = setting(option, name), setting(option, "cpu").replace("'", "")
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -79,15 +84,16 @@ def resolve_device(name: str) -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"{given} but CUDA is not available here; use {use} or auto")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
         raise ConfigError(
-            f"train.device={name!r} but CUDA is not available here; use train.device=cpu or auto"
+            f"{given} but this machine has {torch.cuda.device_count()} CUDA device(s);"
+            f" use cuda:0 to cuda:{torch.cuda.device_count() - 1}, cuda or auto"
         )
     if name == "mps" and not (
         getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
     ):
-        raise ConfigError(
-            "train.device='mps' but MPS is not available here; use train.device=cpu or auto"
-        )
+        raise ConfigError(f"{given} but MPS is not available here; use {use} or auto")
     return torch.device(name)
 
 
