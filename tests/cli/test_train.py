@@ -283,3 +283,86 @@ def test_unavailable_device_names_the_option(done_run, capsys, monkeypatch):
 def test_train_device_message_matches_the_commands(capsys):
     assert main(["train", "train.device=tpu"]) == 2
     _one_line_error(capsys, "train.device='tpu' is not allowed; use auto, cpu, cuda, cuda:N or mps")
+
+
+@pytest.fixture
+def read_only(tmp_path, monkeypatch):
+    """A folder nobody may write into (root ignores permission bits: os.access says no then)."""
+    import os
+
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    (folder / "old.txt").write_text("kept\n")
+    folder.chmod(0o555)
+    if os.geteuid() == 0:
+        real = os.access
+
+        def access(path, mode, *args, **kwargs):
+            if mode & os.W_OK and Path(path).resolve().is_relative_to(folder.resolve()):
+                return False
+            return real(path, mode, *args, **kwargs)
+
+        monkeypatch.setattr(os, "access", access)
+    yield folder
+    folder.chmod(0o755)
+
+
+def test_predict_checks_its_outputs_before_the_work(done_run, tmp_path, read_only, capsys):
+    (tmp_path / "afile").write_text("x")
+    cases = [
+        (["--out", str(tmp_path)], "it is a folder"),
+        (["--out", str(tmp_path / "afile" / "x.txt")], "is not a folder"),
+        (["--out", str(read_only / "x.txt")], "permission denied"),
+        (["--out", str(read_only / "old.txt")], "permission denied"),
+        (["--probs", str(read_only / "x.csv")], "permission denied"),
+        (["--out", str(tmp_path / "p.txt"), "--probs", str(tmp_path / "p.txt")], "same file"),
+    ]
+    for extra, needle in cases:
+        assert main(["predict", str(done_run), *extra]) == 2, extra
+        assert capsys.readouterr().out == ""  # nothing printed, then lost
+        # (the error line was read with the output above; check it again for its shape)
+        assert main(["predict", str(done_run), *extra]) == 2
+        _one_line_error(capsys, needle)
+    assert sorted(p.name for p in read_only.iterdir()) == ["old.txt"]
+    assert not (tmp_path / "p.txt").exists()
+
+
+def test_export_checks_its_output_before_tracing(done_run, tmp_path, read_only, capsys):
+    for fmt in ("torchscript", "onnx"):
+        for out, needle in (
+            (tmp_path, "it is a folder"),
+            (read_only / "m.pt", "permission denied"),
+        ):
+            assert main(["export", str(done_run), "--format", fmt, "--out", str(out)]) == 2
+            captured = capsys.readouterr()
+            assert "Warning" not in captured.err + captured.out
+            assert captured.err.count("\n") == 1 and needle in captured.err, captured.err
+    assert sorted(p.name for p in read_only.iterdir()) == ["old.txt"]
+
+
+def test_evaluate_of_a_read_only_run_fails_before_the_work(run_copy, monkeypatch, capsys):
+    import os
+
+    real = os.access
+    monkeypatch.setattr(
+        os,
+        "access",
+        lambda path, mode, *a, **k: (
+            False if Path(path) == run_copy and mode & os.W_OK else real(path, mode, *a, **k)
+        ),
+    )
+    before = _snapshot(run_copy)
+    assert main(["evaluate", str(run_copy)]) == 2
+    err = _one_line_error(capsys, "confusion.png': permission denied")
+    assert str(run_copy) in err
+    assert _snapshot(run_copy) == before
+
+
+@pytest.mark.parametrize("extra", [["--out", "o.txt"], ["--split", "val"], ["--probs", "p.csv"]])
+def test_predict_refuses_image_files_with_split_options(done_run, tree, tmp_path, capsys, extra):
+    some = next((tree / "test" / CLASSES[0]).iterdir())
+    extra = [str(tmp_path / e) if e.endswith((".txt", ".csv")) else e for e in extra]
+    assert main(["predict", str(done_run), str(some), *extra]) == 2
+    _one_line_error(capsys, "give image files or --split/--out/--probs, not both")
+    assert capsys.readouterr().out == ""
+    assert list(tmp_path.iterdir()) == []

@@ -141,6 +141,13 @@ CASES = [
     (["evaluate", "{run}", "--device", "tpu"], "--device 'tpu' is not allowed"),
     (["evaluate", "{corrupt}"], "corrupt"),
     (["predict", "{run}", "--out", "{tmp}/no/such/dir/test.txt"], "does not exist"),
+    (["predict", "{run}", "--out", "{tmp}"], "it is a folder; give a file name"),
+    (["predict", "{run}", "--out", "{tmp}/bad.png/x.txt"], "is not a folder"),
+    (
+        ["predict", "{run}", "{image}", "--split", "val"],
+        "give image files or --split/--out/--probs",
+    ),
+    (["export", "{run}", "--format", "torchscript", "--out", "{tmp}"], "it is a folder"),
     (["predict", "{run}", "{tmp}/bad.png"], "cannot read image file"),
     (["predict", "{run}", "{tmp}/missing.png"], "does not exist"),
     (["export", "{run}", "--format", "tflite"], "tflite"),

@@ -257,8 +257,9 @@ def predict(
     run_dir: Annotated[Path, typer.Argument(help="run folder")],
     files: Annotated[list[Path] | None, typer.Argument(help="image files to classify")] = None,
     split: Annotated[
-        str, typer.Option("--split", help="predict a whole split: test, val or train")
-    ] = "test",
+        str | None,
+        typer.Option("--split", help="predict a whole split: test (default), val or train"),
+    ] = None,
     out: Annotated[
         Path | None, typer.Option("--out", help="write one predicted class per line")
     ] = None,
@@ -273,34 +274,48 @@ def predict(
 ) -> None:
     """Predict a split (one class per line, data order) or individual image files."""
     device_option(device)
+    from cnnlab.engine.run import check_output_file
+
+    if files and (split is not None or out is not None or probs is not None):
+        # --out and --probs describe a split's predictions (one line per image, data order).
+        raise RunError("give image files or --split/--out/--probs, not both")
     run = _load_run(run_dir)
     if files:
         for p in run.predict(files=files, checkpoint=checkpoint, top_k=top_k, device=device):
             tops = ", ".join(f"{c} {v:.3f}" for c, v in p.top)
             typer.echo(f"{p.file}: {p.predicted}  ({tops})")
         return
-    for target in (out, probs):
-        if target is not None and not target.parent.exists():
-            raise RunError(
-                f"cannot write {str(target)!r}: folder {str(target.parent)!r} does not exist"
-            )
-    result = run.predict(split=split, checkpoint=checkpoint, device=device)
+    # Check both outputs before the work: a failure after printing predictions loses them.
+    targets = [check_output_file(t) for t in (out, probs) if t is not None]
+    if len(targets) == 2 and targets[0].resolve() == targets[1].resolve():
+        raise RunError(f"--out and --probs are the same file {str(out)!r}; give two names")
+    result = run.predict(split=split or "test", checkpoint=checkpoint, device=device)
     names = [result.classes[i] for i in result.predicted.tolist()]
     text = "\n".join(names) + "\n"
     if out is not None:
-        out.write_text(text)
+        _write_output(out, text)
         typer.echo(f"wrote {len(names)} predictions to {out}")
     else:
         typer.echo(text, nl=False)
     if probs is not None:
         import csv
+        import io
 
-        with open(probs, "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(["index", "predicted", *result.classes])
-            for i, (name, row) in enumerate(zip(names, result.probs.tolist())):
-                w.writerow([i, name, *(f"{v:.6f}" for v in row)])
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["index", "predicted", *result.classes])
+        for i, (name, row) in enumerate(zip(names, result.probs.tolist())):
+            w.writerow([i, name, *(f"{v:.6f}" for v in row)])
+        _write_output(probs, buf.getvalue())
         typer.echo(f"wrote probabilities to {probs}")
+
+
+def _write_output(path: Path, text: str) -> None:
+    try:
+        with open(path, "w", newline="") as fh:
+            fh.write(text)
+    except OSError as exc:
+        raise RunError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
 
 
 @app.command()
