@@ -260,6 +260,58 @@ def unreadable(tmp_path) -> Path:
             "--device 'tpu' is not allowed; use auto",
         ),
         (("errors", "{lenet}", "--device", "tpu"), "--device 'tpu' is not allowed; use auto"),
+        (
+            (
+                "features",
+                "{lenet}",
+                "--layer",
+                "features.conv1",
+                "--image",
+                "dev:3",
+                "--out",
+                "{tmp}/fm.png",
+            ),
+            "--image 'dev:3' is not allowed; use an image file, N or SPLIT:N (N an index from 0, SPLIT one of train, val, test)",
+        ),
+        (
+            (
+                "features",
+                "{lenet}",
+                "--layer",
+                "features.conv1",
+                "--image",
+                "-1",
+                "--out",
+                "{tmp}/fm.png",
+            ),
+            "--image '-1' is not allowed; use an image file, N or SPLIT:N (N an index from 0, SPLIT one of train, val, test)",
+        ),
+        (
+            (
+                "features",
+                "{lenet}",
+                "--layer",
+                "features.conv1",
+                "--image",
+                "test:-2",
+                "--out",
+                "{tmp}/fm.png",
+            ),
+            "--image 'test:-2' is not allowed; use an image file, N or SPLIT:N (N an index from 0, SPLIT one of train, val, test)",
+        ),
+        (
+            (
+                "features",
+                "{lenet}",
+                "--layer",
+                "features.conv1",
+                "--image",
+                "2.5",
+                "--out",
+                "{tmp}/fm.png",
+            ),
+            "--image '2.5' is not allowed; use an image file, N or SPLIT:N (N an index from 0, SPLIT one of train, val, test)",
+        ),
     ],
 )
 def test_bad_input_gives_one_clear_line(cli, runs, tmp_path, unreadable, args, message):

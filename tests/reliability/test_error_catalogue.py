@@ -158,6 +158,10 @@ CASES = [
     (["explain", "{run}", "--method", "cam", "--images", "2"], "gradcam"),
     (["explain", "{run}", "{tmp}/bad.png"], "bad.png"),
     (["features", "{run}", "--layer", "features.nope", "--image", "0"], "features.nope"),
+    (
+        ["features", "{run}", "--layer", "features.conv1", "--image", "dev:3"],
+        "--image 'dev:3' is not allowed; use an image file, N or SPLIT:N",
+    ),
     # studies
     (["study", "run", "{tmp}/missing-spec.yaml"], "missing-spec.yaml"),
     (["study", "run", "{tmp}/evil.yaml"], "YAML"),
