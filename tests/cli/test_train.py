@@ -225,7 +225,7 @@ def test_resume_of_a_completed_run_without_checkpoints_is_refused(run_copy, caps
     shutil.rmtree(run_copy / "checkpoints")
     before = _snapshot(run_copy)
     assert main(["train", "--resume", str(run_copy)]) == 2
-    _one_line_error(capsys, "is already completed (1 epochs); nothing to resume")
+    _one_line_error(capsys, "is already completed (1 epoch); nothing to resume")
     assert _snapshot(run_copy) == before
     assert not (run_copy / "checkpoints").exists()
     # the library refuses too rather than train again over the results

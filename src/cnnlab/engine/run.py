@@ -82,7 +82,8 @@ def finished_run_error(path: Path, summary: dict[str, Any]) -> RunError | None:
     epochs = summary.get("epochs_completed")
     if status == "completed":
         return RunError(
-            f"run {str(path)!r} is already completed ({epochs} epochs); nothing to resume."
+            f"run {str(path)!r} is already completed ({epochs} epoch{'' if epochs == 1 else 's'});"
+            " nothing to resume."
             f" To train longer, start a new run: cnnlab train --config {path / 'config.yaml'}"
             " train.epochs=N --name NEW"
         )
