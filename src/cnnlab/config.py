@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import typing
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -179,15 +180,33 @@ class ScheduleConfig(_Section):
     pct_start: float = Field(0.3, gt=0.0, lt=1.0, description="onecycle: fraction spent rising")
 
 
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
+
+
+def check_device(value: Any, option: str = "--device") -> str:
+    """``value`` if it names a device cnnlab can use; ``option`` names the setting in the error.
+
+    Shared by ``train.device`` and every command's ``--device``, so all say the same.
+    """
+    if not isinstance(value, str) or not _DEVICE.fullmatch(value):
+        raise ConfigError(
+            f"{setting(option, value)} is not allowed; use auto, cpu, cuda, cuda:N or mps"
+        )
+    return value
+
+
+def setting(option: str, value: Any) -> str:
+    """How a message shows a value: ``train.device='tpu'`` for a key, ``--device 'tpu'`` for an option."""
+    return f"{option} {value!r}" if option.startswith("--") else f"{option}={value!r}"
+
+
 class TrainConfig(_Section):
     epochs: int = Field(10, ge=1, le=100_000)
     batch_size: int = Field(256, ge=1, le=1_000_000)
     eval_batch_size: int = Field(1024, ge=1)
     seed: int = Field(0, ge=0, lt=2**63)
     deterministic: bool = False
-    device: str = Field(
-        "auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$", description="auto, cpu, cuda, cuda:N, mps"
-    )
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N, mps")
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     channels_last: bool | Literal["auto"] = Field(
         "auto",
@@ -209,6 +228,14 @@ class TrainConfig(_Section):
     devices: int = Field(
         1, ge=1, le=1024, description="processes for a DistributedDataParallel run"
     )
+
+    @field_validator("device", mode="before")
+    @classmethod
+    def _device(cls, value: Any) -> Any:
+        try:
+            return check_device(value, "train.device")
+        except ConfigError as exc:  # pydantic reports ValueErrors with the key's context
+            raise ValueError(str(exc)) from None
 
     @field_validator("channels_last", "cuda_graph", mode="before")
     @classmethod

@@ -1,11 +1,14 @@
 """The train / evaluate / predict / export commands, end to end on a generated ImageFolder tree."""
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from cnnlab.cli import main
+from cnnlab.errors import RunError
 from tests.engine.synthetic import CLASSES, patch_images
 
 
@@ -51,6 +54,28 @@ def _one_line_error(capsys, needle):
     return err
 
 
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` with its bytes (to check that nothing changed)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def done_run(tree, tmp_path_factory):
+    """A completed one-epoch run; tests that change it work on a copy (see ``run_copy``)."""
+    base = tmp_path_factory.mktemp("done")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CNNLAB_CACHE", str(base / "cache"))
+        args = _train_args(tree, base / "runs")
+        args[args.index("train.epochs=2")] = "train.epochs=1"
+        assert main(args) == 0
+    return base / "runs" / "r"
+
+
+@pytest.fixture
+def run_copy(done_run, tmp_path):
+    return Path(shutil.copytree(done_run, tmp_path / "copy" / "r"))
+
+
 def test_train_evaluate_predict_export(tree, tmp_path, capsys):
     runs = tmp_path / "runs"
     assert main(_train_args(tree, runs)) == 0
@@ -91,8 +116,11 @@ def test_train_evaluate_predict_export(tree, tmp_path, capsys):
     _one_line_error(capsys, "already holds a run")
     assert (run / "metrics.csv").read_text() == before
 
-    # resume of a finished run does nothing and succeeds
-    assert main(["train", "--resume", str(run)]) == 0
+    # resume of a finished run is refused and changes nothing
+    before = _snapshot(run)
+    assert main(["train", "--resume", str(run)]) == 2
+    _one_line_error(capsys, "is already completed (2 epochs); nothing to resume")
+    assert _snapshot(run) == before
 
 
 @pytest.mark.parametrize(
@@ -180,3 +208,192 @@ def test_exit_status_of_a_relaunch_is_passed_through(tree, tmp_path, monkeypatch
     monkeypatch.setattr(distributed, "launch", lambda n, args: 3)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert main(_train_args(tree, tmp_path / "runs", "train.devices=2")) == 3
+
+
+@pytest.mark.parametrize("name", [".", "..", "../escape", "a/b", "/abs/path", "", "a b", "r\\x"])
+def test_run_name_must_be_a_plain_folder_name(tree, tmp_path, monkeypatch, capsys, name):
+    work = tmp_path / "work"
+    (work / "runs").mkdir(parents=True)
+    monkeypatch.chdir(work)
+    args = _train_args(tree, "runs")
+    args[args.index("--name") + 1] = name
+    assert main(args) == 2
+    err = _one_line_error(capsys, f"run name {name!r} is not allowed")
+    assert "letters, digits" in err
+    assert [p.name for p in tmp_path.rglob("*")] == ["work", "runs"]  # nothing written
+
+
+def test_a_new_run_never_writes_into_an_existing_folder(tree, tmp_path, capsys):
+    victim = tmp_path / "victim" / "mine"
+    victim.mkdir(parents=True)
+    (victim / "metrics.csv").write_text("the user's own numbers\n")
+    assert main(_train_args(tree, tmp_path / "victim")[:-1] + ["mine"]) == 2
+    _one_line_error(capsys, "already exists and is not a run folder (no config.yaml)")
+    assert [p.name for p in victim.iterdir()] == ["metrics.csv"]
+    assert (victim / "metrics.csv").read_text() == "the user's own numbers\n"
+
+
+def test_ranks_of_a_torchrun_share_the_folder_rank_0_creates(tree, tmp_path, monkeypatch):
+    # a rank other than 0 may find the folder already made; it writes nothing itself
+    from cnnlab.engine import trainer
+
+    (tmp_path / "runs" / "r").mkdir(parents=True)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    seen = []
+    monkeypatch.setattr(
+        trainer, "prepare_run_dir", lambda cfg, run_dir, *a: seen.append(run_dir) or 1 / 0
+    )
+    with pytest.raises(ZeroDivisionError):
+        trainer.train(run_dir=None, name="r", runs_root=tmp_path / "runs")
+    assert seen == [None]  # not refused: the folder is found, as rank 0 made it
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(RunError, match="already exists"):
+        trainer.train(run_dir=None, name="r", runs_root=tmp_path / "runs")
+
+
+def test_resume_of_a_completed_run_without_checkpoints_is_refused(run_copy, capsys):
+    shutil.rmtree(run_copy / "checkpoints")
+    before = _snapshot(run_copy)
+    assert main(["train", "--resume", str(run_copy)]) == 2
+    _one_line_error(capsys, "is already completed (1 epoch); nothing to resume")
+    assert _snapshot(run_copy) == before
+    assert not (run_copy / "checkpoints").exists()
+    # the library refuses too rather than train again over the results
+    from cnnlab.engine.trainer import train
+
+    with pytest.raises(RunError, match="already completed"):
+        train(run_dir=run_copy, resume=True)
+    assert _snapshot(run_copy) == before
+
+
+def test_library_resume_of_a_finished_run_touches_nothing(run_copy):
+    from cnnlab.engine.trainer import train
+
+    before = _snapshot(run_copy)
+    run = train(run_dir=run_copy, resume=True)
+    assert run.status == "completed"
+    assert _snapshot(run_copy) == before
+
+
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        (["--name", "other"], "drop --name"),
+        (["--runs", "elsewhere"], "drop --runs"),
+        (["--data-dir", "/tmp"], "drop --data-dir"),
+        (["--config", "c.yaml"], "drop --config"),
+        (["optim.lr=0.1"], "drop the overrides (optim.lr=0.1)"),
+    ],
+)
+def test_resume_refuses_options_it_would_ignore(done_run, capsys, extra, needle):
+    before = _snapshot(done_run)
+    assert main(["train", "--resume", str(done_run), *extra]) == 2
+    err = _one_line_error(capsys, needle)
+    assert "--resume continues a run" in err
+    assert _snapshot(done_run) == before
+
+
+@pytest.mark.parametrize("command", [["evaluate"], ["predict"], ["predict", "--split", "val"]])
+@pytest.mark.parametrize("device", ["tpu", "cuda:x", "gpu0", ""])
+def test_bad_device_is_one_line(done_run, capsys, command, device):
+    assert main([command[0], str(done_run), *command[1:], "--device", device]) == 2
+    _one_line_error(
+        capsys, f"--device {device!r} is not allowed; use auto, cpu, cuda, cuda:N or mps"
+    )
+
+
+def test_unavailable_device_names_the_option(done_run, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["evaluate", str(done_run), "--device", "cuda:1"]) == 2
+    _one_line_error(capsys, "--device 'cuda:1' but CUDA is not available here; use --device cpu")
+
+
+def test_train_device_message_matches_the_commands(capsys):
+    assert main(["train", "train.device=tpu"]) == 2
+    _one_line_error(capsys, "train.device='tpu' is not allowed; use auto, cpu, cuda, cuda:N or mps")
+
+
+@pytest.fixture
+def read_only(tmp_path, monkeypatch):
+    """A folder nobody may write into (root ignores permission bits: os.access says no then)."""
+    import os
+
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    (folder / "old.txt").write_text("kept\n")
+    folder.chmod(0o555)
+    if os.geteuid() == 0:
+        real = os.access
+
+        def access(path, mode, *args, **kwargs):
+            if mode & os.W_OK and Path(path).resolve().is_relative_to(folder.resolve()):
+                return False
+            return real(path, mode, *args, **kwargs)
+
+        monkeypatch.setattr(os, "access", access)
+    yield folder
+    folder.chmod(0o755)
+
+
+def test_predict_checks_its_outputs_before_the_work(done_run, tmp_path, read_only, capsys):
+    (tmp_path / "afile").write_text("x")
+    cases = [
+        (["--out", str(tmp_path)], "it is a folder"),
+        (["--out", str(tmp_path / "afile" / "x.txt")], "is not a folder"),
+        (["--out", str(read_only / "x.txt")], "permission denied"),
+        (["--out", str(read_only / "old.txt")], "permission denied"),
+        (["--probs", str(read_only / "x.csv")], "permission denied"),
+        (["--out", str(tmp_path / "p.txt"), "--probs", str(tmp_path / "p.txt")], "same file"),
+    ]
+    for extra, needle in cases:
+        assert main(["predict", str(done_run), *extra]) == 2, extra
+        assert capsys.readouterr().out == ""  # nothing printed, then lost
+        # (the error line was read with the output above; check it again for its shape)
+        assert main(["predict", str(done_run), *extra]) == 2
+        _one_line_error(capsys, needle)
+    assert sorted(p.name for p in read_only.iterdir()) == ["old.txt"]
+    assert not (tmp_path / "p.txt").exists()
+
+
+def test_export_checks_its_output_before_tracing(done_run, tmp_path, read_only, capsys):
+    for fmt in ("torchscript", "onnx"):
+        for out, needle in (
+            (tmp_path, "it is a folder"),
+            (read_only / "m.pt", "permission denied"),
+        ):
+            assert main(["export", str(done_run), "--format", fmt, "--out", str(out)]) == 2
+            captured = capsys.readouterr()
+            assert "Warning" not in captured.err + captured.out
+            assert captured.err.count("\n") == 1 and needle in captured.err, captured.err
+    assert sorted(p.name for p in read_only.iterdir()) == ["old.txt"]
+
+
+def test_evaluate_of_a_read_only_run_fails_before_the_work(run_copy, monkeypatch, capsys):
+    import os
+
+    real = os.access
+    monkeypatch.setattr(
+        os,
+        "access",
+        lambda path, mode, *a, **k: (
+            False if Path(path) == run_copy and mode & os.W_OK else real(path, mode, *a, **k)
+        ),
+    )
+    before = _snapshot(run_copy)
+    assert main(["evaluate", str(run_copy)]) == 2
+    err = _one_line_error(capsys, "confusion.png': permission denied")
+    assert str(run_copy) in err
+    assert _snapshot(run_copy) == before
+
+
+@pytest.mark.parametrize("extra", [["--out", "o.txt"], ["--split", "val"], ["--probs", "p.csv"]])
+def test_predict_refuses_image_files_with_split_options(done_run, tree, tmp_path, capsys, extra):
+    some = next((tree / "test" / CLASSES[0]).iterdir())
+    extra = [str(tmp_path / e) if e.endswith((".txt", ".csv")) else e for e in extra]
+    assert main(["predict", str(done_run), str(some), *extra]) == 2
+    _one_line_error(capsys, "give image files or --split/--out/--probs, not both")
+    assert capsys.readouterr().out == ""
+    assert list(tmp_path.iterdir()) == []

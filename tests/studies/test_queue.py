@@ -347,7 +347,7 @@ def test_a_finished_run_a_dead_worker_never_reported_is_recorded_not_lost(tmp_pa
 
 @pytest.mark.parametrize(
     ("device", "needle"),
-    [("tpu", "--device 'tpu' is not allowed; use auto, cpu"), ("cuda:7", "--device 'cuda:7'")],
+    [("tpu", "--device 'tpu' is not allowed; use auto, cpu"), ("cuda:7", "--device 'cuda:7' but")],
 )
 def test_a_device_the_study_cannot_use_is_refused_before_anything_is_written(
     tmp_path, device, needle, monkeypatch

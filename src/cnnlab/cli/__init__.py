@@ -41,6 +41,14 @@ def fail(message: str) -> typer.Exit:
     return typer.Exit(2)
 
 
+def device_option(device: str) -> str:
+    """``--device`` checked before any work: one line naming it when it is not usable here."""
+    from cnnlab.engine.trainer import resolve_device
+
+    resolve_device(device, "--device")
+    return device
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI with ``argv`` (default: ``sys.argv[1:]``) and return the exit status.
 

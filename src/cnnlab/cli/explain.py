@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cnnlab.cli import app
+from cnnlab.cli import app, device_option
 
 _METHOD_HELP = "cam, gradcam, gradcam++, saliency, smoothgrad, integrated-gradients, guided-backprop, guided-gradcam"
 
@@ -45,11 +45,14 @@ def explain(
         int, typer.Option("--batch", min=1, help="images per grid (and per pass)")
     ] = 8,
     checkpoint: Annotated[str, typer.Option("--checkpoint", help="best or last")] = "best",
-    device: Annotated[str, typer.Option("--device")] = "auto",
+    device: Annotated[
+        str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps")
+    ] = "auto",
 ) -> None:
     """Heat maps of what the network looks at: a grid per batch (PNG) and the raw maps (.npy)."""
     from cnnlab.explain import explain_run
 
+    device_option(device)
     run = _load_run(run_dir)
     result = explain_run(
         run,
@@ -80,11 +83,14 @@ def features(
         Path | None, typer.Option("--out", help="PNG to write (default: RUN/features-LAYER.png)")
     ] = None,
     checkpoint: Annotated[str, typer.Option("--checkpoint", help="best or last")] = "best",
-    device: Annotated[str, typer.Option("--device")] = "auto",
+    device: Annotated[
+        str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps")
+    ] = "auto",
 ) -> None:
     """The feature maps of one layer for one image, as a grid."""
     from cnnlab.explain import features_run
 
+    device_option(device)
     run = _load_run(run_dir)
     target = out if out is not None else run.path / f"features-{layer}.png"
     path = features_run(run, layer, image, target, checkpoint=checkpoint, device=device)
@@ -118,7 +124,9 @@ def errors(
     split: Annotated[str, typer.Option("--split", help="test, val or train")] = "test",
     count: Annotated[int, typer.Option("--count", min=1, help="mistakes to show")] = 16,
     checkpoint: Annotated[str, typer.Option("--checkpoint", help="best or last")] = "best",
-    device: Annotated[str, typer.Option("--device")] = "auto",
+    device: Annotated[
+        str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps")
+    ] = "auto",
 ) -> None:
     """The most confident mistakes on a split, and accuracy per class."""
     from rich.console import Console
@@ -127,6 +135,7 @@ def errors(
 
     from cnnlab.explain import errors_run
 
+    device_option(device)
     run = _load_run(run_dir)
     report = errors_run(
         run,

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from cnnlab.cli import app
+from cnnlab.cli import app, device_option
 from cnnlab.errors import RunError
 
 
@@ -123,9 +123,9 @@ def train(
     name: Annotated[
         str | None, typer.Option("--name", help="run name (default: timestamp-model-data)")
     ] = None,
-    runs_root: Annotated[Path, typer.Option("--runs", help="folder that holds run folders")] = Path(
-        "runs"
-    ),
+    runs_root: Annotated[
+        Path | None, typer.Option("--runs", help="folder that holds run folders (default: runs)")
+    ] = None,
     resume: Annotated[
         Path | None, typer.Option("--resume", help="continue the run in this folder")
     ] = None,
@@ -135,24 +135,42 @@ def train(
 ) -> None:
     """Train one model on one data set (default: textbook LeNet-5 on Fashion-MNIST)."""
     from cnnlab.config import load_config
+    from cnnlab.engine.run import Run, check_run_name, finished_run_error, new_run_dir
     from cnnlab.engine.trainer import summary_line
     from cnnlab.engine.trainer import train as run_training
 
     overrides = list(overrides or [])
-    if data_dir:
-        overrides.append(f"data.data_dir={data_dir}")
     if resume is not None:
         if not (resume / "config.yaml").is_file():
             raise RunError(
                 f"{str(resume)!r} is not a run folder (no config.yaml); nothing to resume"
             )
-        if config is not None or overrides:
-            raise RunError(
-                "--resume continues a run with its saved config; drop --config and the overrides"
+        given = [
+            option
+            for option, value in (
+                ("--config", config),
+                ("--data-dir", data_dir),
+                ("--name", name),
+                ("--runs", runs_root),
+                (f"the overrides ({' '.join(overrides)})", overrides),
             )
+            if value
+        ]
+        if given:
+            raise RunError(
+                f"--resume continues a run in its folder with its saved config; drop {' and '.join(given)}"
+            )
+        finished = finished_run_error(resume, Run.load(resume).summary)
+        if finished is not None:
+            raise finished
         cfg = None
     else:
+        if data_dir:
+            overrides.append(f"data.data_dir={data_dir}")
+        if name is not None:
+            check_run_name(name)
         cfg = load_config(config, overrides)
+    runs_root = runs_root if runs_root is not None else Path("runs")
     devices = cfg.train.devices if cfg is not None else _saved_devices(resume)
     if devices > 1:
         from cnnlab.engine import distributed
@@ -162,11 +180,12 @@ def train(
             # so every rank writes to the same run folder.
             from cnnlab.engine.run import default_run_name
 
-            args = ["train", "--runs", str(runs_root)]
             if resume is not None:
-                args += ["--resume", str(resume)]
+                args = ["train", "--resume", str(resume)]
             else:
-                args += [*overrides, "--name", name or default_run_name(cfg)]
+                name = name or default_run_name(cfg)
+                new_run_dir(runs_root, name)  # refuse now, not once per rank
+                args = ["train", "--runs", str(runs_root), *overrides, "--name", name]
                 if config is not None:
                     args += ["--config", str(config)]
             raise typer.Exit(distributed.launch(devices, args))
@@ -211,12 +230,15 @@ def evaluate(
     run_dir: Annotated[Path, typer.Argument(help="run folder")],
     split: Annotated[str, typer.Option("--split", help="test, val or train")] = "test",
     checkpoint: Annotated[str, typer.Option("--checkpoint", help="best or last")] = "best",
-    device: Annotated[str, typer.Option("--device")] = "auto",
+    device: Annotated[
+        str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps")
+    ] = "auto",
 ) -> None:
     """Loss, accuracy and per-class accuracy of a trained run; writes confusion.png."""
     from rich.console import Console
     from rich.table import Table
 
+    device_option(device)
     run = _load_run(run_dir)
     result = run.evaluate(split=split, checkpoint=checkpoint, device=device)
     console = Console()
@@ -235,8 +257,9 @@ def predict(
     run_dir: Annotated[Path, typer.Argument(help="run folder")],
     files: Annotated[list[Path] | None, typer.Argument(help="image files to classify")] = None,
     split: Annotated[
-        str, typer.Option("--split", help="predict a whole split: test, val or train")
-    ] = "test",
+        str | None,
+        typer.Option("--split", help="predict a whole split: test (default), val or train"),
+    ] = None,
     out: Annotated[
         Path | None, typer.Option("--out", help="write one predicted class per line")
     ] = None,
@@ -245,37 +268,54 @@ def predict(
     ] = None,
     top_k: Annotated[int, typer.Option("--top-k", min=1)] = 3,
     checkpoint: Annotated[str, typer.Option("--checkpoint", help="best or last")] = "best",
-    device: Annotated[str, typer.Option("--device")] = "auto",
+    device: Annotated[
+        str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps")
+    ] = "auto",
 ) -> None:
     """Predict a split (one class per line, data order) or individual image files."""
+    device_option(device)
+    from cnnlab.engine.run import check_output_file
+
+    if files and (split is not None or out is not None or probs is not None):
+        # --out and --probs describe a split's predictions (one line per image, data order).
+        raise RunError("give image files or --split/--out/--probs, not both")
     run = _load_run(run_dir)
     if files:
         for p in run.predict(files=files, checkpoint=checkpoint, top_k=top_k, device=device):
             tops = ", ".join(f"{c} {v:.3f}" for c, v in p.top)
             typer.echo(f"{p.file}: {p.predicted}  ({tops})")
         return
-    for target in (out, probs):
-        if target is not None and not target.parent.exists():
-            raise RunError(
-                f"cannot write {str(target)!r}: folder {str(target.parent)!r} does not exist"
-            )
-    result = run.predict(split=split, checkpoint=checkpoint, device=device)
+    # Check both outputs before the work: a failure after printing predictions loses them.
+    targets = [check_output_file(t) for t in (out, probs) if t is not None]
+    if len(targets) == 2 and targets[0].resolve() == targets[1].resolve():
+        raise RunError(f"--out and --probs are the same file {str(out)!r}; give two names")
+    result = run.predict(split=split or "test", checkpoint=checkpoint, device=device)
     names = [result.classes[i] for i in result.predicted.tolist()]
     text = "\n".join(names) + "\n"
     if out is not None:
-        out.write_text(text)
+        _write_output(out, text)
         typer.echo(f"wrote {len(names)} predictions to {out}")
     else:
         typer.echo(text, nl=False)
     if probs is not None:
         import csv
+        import io
 
-        with open(probs, "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(["index", "predicted", *result.classes])
-            for i, (name, row) in enumerate(zip(names, result.probs.tolist())):
-                w.writerow([i, name, *(f"{v:.6f}" for v in row)])
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["index", "predicted", *result.classes])
+        for i, (name, row) in enumerate(zip(names, result.probs.tolist())):
+            w.writerow([i, name, *(f"{v:.6f}" for v in row)])
+        _write_output(probs, buf.getvalue())
         typer.echo(f"wrote probabilities to {probs}")
+
+
+def _write_output(path: Path, text: str) -> None:
+    try:
+        with open(path, "w", newline="") as fh:
+            fh.write(text)
+    except OSError as exc:
+        raise RunError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
 
 
 @app.command()

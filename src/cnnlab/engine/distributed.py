@@ -40,6 +40,11 @@ def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
 
 
+def launched_rank() -> int:
+    """This process's rank as torchrun set it (0 when not launched by torchrun)."""
+    return int(os.environ["RANK"]) if launched_by_torchrun() else 0
+
+
 def setup(device: torch.device) -> tuple[DistContext, torch.device]:
     """Join the process group torchrun prepared (gloo on CPU, nccl on CUDA)."""
     if not launched_by_torchrun():

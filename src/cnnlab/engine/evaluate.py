@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from cnnlab.engine import checkpoint as ckpt
 from cnnlab.engine.batches import BatchPipeline, eval_batches
 from cnnlab.engine.inputs import build_pipeline, load_run_data
-from cnnlab.engine.run import Run
+from cnnlab.engine.run import Run, check_output_file
 from cnnlab.engine.trainer import resolve_device
 from cnnlab.errors import DataError, RunError
 from cnnlab.models import create_model
@@ -97,6 +97,8 @@ def evaluate_run(
     write_png: bool = True,
 ) -> Evaluation:
     """Loss, accuracy, per-class accuracy and confusion matrix of a run on one split."""
+    if write_png:  # a read-only run folder fails before the work, as explain's outputs do
+        check_output_file(run.path / "confusion.png")
     data, splits = _split_data(run, split)
     if len(data) == 0:
         raise RunError(
@@ -166,8 +168,12 @@ def plot_confusion(confusion: torch.Tensor, classes, out: Path, title: str = "")
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    try:
+        fig.savefig(out, dpi=100)
+    except OSError as exc:
+        raise RunError(f"cannot write {str(out)!r}: {exc.strerror or exc}") from None
+    finally:
+        plt.close(fig)
     return out
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from cnnlab.engine.evaluate import load_model, model_input
-from cnnlab.engine.run import Run
+from cnnlab.engine.run import Run, check_output_file
 from cnnlab.errors import RunError
 from cnnlab.registry import Registry
 
@@ -53,8 +53,10 @@ def export_run(
     entry = EXPORTERS.entry(fmt)
     info = model_input(run)
     out = Path(out) if out else run.path / f"model{entry.meta['suffix']}"
-    if out.parent and not out.parent.exists():
-        raise RunError(f"cannot write {str(out)!r}: folder {str(out.parent)!r} does not exist")
+    meta_path = out.with_suffix(out.suffix + ".json")
+    # Before tracing: a bad path fails with one line, not after the tracer's warnings.
+    check_output_file(out)
+    check_output_file(meta_path)
     model = load_model(run, checkpoint, "cpu")
     example = torch.randn(2, info["in_channels"], *info["input_size"])
     try:
@@ -71,5 +73,8 @@ def export_run(
         "input": "float32 N x C x H x W, normalized",
         **info,
     }
-    out.with_suffix(out.suffix + ".json").write_text(json.dumps(meta, indent=2))
+    try:
+        meta_path.write_text(json.dumps(meta, indent=2))
+    except OSError as exc:
+        raise RunError(f"cannot write {str(meta_path)!r}: {exc.strerror or exc}") from None
     return out

@@ -14,6 +14,8 @@ import csv
 import io
 import json
 import math
+import os
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -41,6 +43,72 @@ def default_run_name(config: RunConfig, now: datetime | None = None) -> str:
     """A readable, sortable name: ``20261123-101502-lenet5-fashion-mnist``."""
     stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
     return f"{stamp}-{config.model.name}-{config.data.name}"
+
+
+_RUN_NAME = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def check_run_name(name: str) -> str:
+    """``name`` if it is a plain folder name, so a run lands directly under its runs folder."""
+    if not _RUN_NAME.fullmatch(name) or name in (".", ".."):
+        raise RunError(
+            f"run name {name!r} is not allowed; use a plain folder name of letters, digits,"
+            " '.', '_' and '-' (not '.' or '..')"
+        )
+    return name
+
+
+def new_run_dir(runs_root: str | Path, name: str) -> Path:
+    """The folder for a new run named ``name``: refused when anything is already there.
+
+    A folder that holds a run is resumed with ``--resume``; one that does not may
+    hold someone's files, and a new run would overwrite them.
+    """
+    path = Path(runs_root) / check_run_name(name)
+    if (path / "config.yaml").is_file():
+        raise RunError(
+            f"run folder {str(path)!r} already holds a run; resume it with --resume {path} or choose another --name"
+        )
+    if path.exists() or path.is_symlink():
+        raise RunError(
+            f"{str(path)!r} already exists and is not a run folder (no config.yaml); choose another --name"
+        )
+    return path
+
+
+def finished_run_error(path: Path, summary: dict[str, Any]) -> RunError | None:
+    """Why a finished run (completed or diverged) cannot be resumed; None when it can."""
+    status = summary.get("status")
+    epochs = summary.get("epochs_completed")
+    if status == "completed":
+        return RunError(
+            f"run {str(path)!r} is already completed ({epochs} epoch{'' if epochs == 1 else 's'});"
+            " nothing to resume."
+            f" To train longer, start a new run: cnnlab train --config {path / 'config.yaml'}"
+            " train.epochs=N --name NEW"
+        )
+    if status == "diverged":
+        where = (summary.get("diverged") or {}).get("epoch", epochs)
+        return RunError(
+            f"run {str(path)!r} diverged at epoch {where}; nothing to resume."
+            " Start a new run with other settings (a lower optim.lr, train.grad_clip)"
+        )
+    return None
+
+
+def check_output_file(path: str | Path) -> Path:
+    """``path`` as a file we can (over)write, checked before any work, or a one-line error."""
+    path = Path(path)
+    parent = path.parent
+    if path.is_dir():
+        raise RunError(f"cannot write {str(path)!r}: it is a folder; give a file name")
+    if not parent.exists():
+        raise RunError(f"cannot write {str(path)!r}: folder {str(parent)!r} does not exist")
+    if not parent.is_dir():
+        raise RunError(f"cannot write {str(path)!r}: {str(parent)!r} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise RunError(f"cannot write {str(path)!r}: permission denied")
+    return path
 
 
 def _fmt_cell(value: Any) -> str:

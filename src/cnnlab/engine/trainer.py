@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import cnnlab
-from cnnlab.config import RunConfig, build_config, flatten, read_yaml
+from cnnlab.config import RunConfig, build_config, check_device, flatten, read_yaml, setting
 from cnnlab.data import DataSplits
 from cnnlab.engine import checkpoint as ckpt
 from cnnlab.engine import distributed as D
@@ -49,7 +49,14 @@ from cnnlab.engine.inputs import (
     to_device,
 )
 from cnnlab.engine.optim import build_optimizer, init_weights
-from cnnlab.engine.run import Run, RunFolder, default_run_name
+from cnnlab.engine.run import (
+    Run,
+    RunFolder,
+    check_run_name,
+    default_run_name,
+    finished_run_error,
+    new_run_dir,
+)
 from cnnlab.engine.schedules import lr_at
 from cnnlab.errors import CheckpointError, ConfigError, RunError
 from cnnlab.models import check_forward, create_model
@@ -63,8 +70,13 @@ _CHECKPOINT_VERSION = 1
 # ---------------------------------------------------------------- setup helpers
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA, then MPS, then CPU; an explicit device must exist."""
+def resolve_device(name: str, option: str = "train.device") -> torch.device:
+    """``auto`` picks CUDA, then MPS, then CPU; an explicit device must exist.
+
+    ``option`` names the setting in errors (``--device`` for the commands that use a run).
+    """
+    check_device(name, option)
+    given, use = setting(option, name), setting(option, "cpu").replace("'", "")
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -72,15 +84,16 @@ def resolve_device(name: str) -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"{given} but CUDA is not available here; use {use} or auto")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
         raise ConfigError(
-            f"train.device={name!r} but CUDA is not available here; use train.device=cpu or auto"
+            f"{given} but this machine has {torch.cuda.device_count()} CUDA device(s);"
+            f" use cuda:0 to cuda:{torch.cuda.device_count() - 1}, cuda or auto"
         )
     if name == "mps" and not (
         getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
     ):
-        raise ConfigError(
-            "train.device='mps' but MPS is not available here; use train.device=cpu or auto"
-        )
+        raise ConfigError(f"{given} but MPS is not available here; use {use} or auto")
     return torch.device(name)
 
 
@@ -277,6 +290,18 @@ def prepare_run_dir(
     return run_dir
 
 
+def _refuse_restart_of_finished(path: Path) -> None:
+    """A finished run without checkpoints would train again from scratch over its results."""
+    checkpoints = path / "checkpoints"
+    if (checkpoints / "last.pt").exists() or (checkpoints / "last.prev.pt").exists():
+        return  # resuming a finished run from its checkpoint changes nothing
+    if not (path / "summary.json").is_file():
+        return
+    error = finished_run_error(path, Run.load(path).summary)
+    if error is not None:
+        raise error
+
+
 class _NullFolder:
     """What ranks other than 0 write: nothing."""
 
@@ -336,7 +361,14 @@ def train(
         config = build_config(config)
     cfg = config
 
+    if run_dir is None and name is not None:
+        check_run_name(name)
+    if run_dir is None and not resume and D.launched_rank() == 0:
+        # Other ranks of a torchrun share the folder rank 0 creates.
+        run_dir = new_run_dir(runs_root, name or default_run_name(cfg))
     path = prepare_run_dir(cfg, Path(run_dir) if run_dir else None, name, Path(runs_root), resume)
+    if resume:
+        _refuse_restart_of_finished(path)
     ctx, device = D.setup(resolve_device(cfg.train.device))
     keep_freed_host_memory(device)
     make_current(device)
@@ -470,10 +502,20 @@ def _train(
             ckpt.set_rng_state(saved["rng"])
             if used.name != "last.pt":
                 notes.append(f"newest checkpoint unusable; resumed from {used.name}")
+    total_epochs = cfg.train.epochs
+    last_epoch = total_epochs
+    if state.epoch >= total_epochs or (
+        cfg.train.patience and state.bad_epochs >= cfg.train.patience
+    ):
+        done = Run.load(path)
+        if done.summary.get("status") in ("completed", "diverged"):
+            return done  # nothing to do, and nothing in the folder is touched
+        # Stopped after the last epoch's checkpoint and before the summary:
+        # no epoch left to train, the run is only finished (test, curves, summary).
+        last_epoch = state.epoch
     folder.write_config(cfg)
 
     steps_per_epoch = math.ceil(len(train_set) / cfg.train.batch_size)
-    total_epochs = cfg.train.epochs
     dev_label = device_label(device)
     for note in notes:
         log.info(note)
@@ -527,17 +569,6 @@ def _train(
     def save_last() -> None:
         if ctx.is_main:
             ckpt.save_checkpoint(checkpoint_state(), folder.checkpoints / "last.pt")
-
-    last_epoch = total_epochs
-    if state.epoch >= total_epochs or (
-        cfg.train.patience and state.bad_epochs >= cfg.train.patience
-    ):
-        done = Run.load(path)
-        if done.summary.get("status") in ("completed", "diverged"):
-            return done
-        # Stopped after the last epoch's checkpoint and before the summary:
-        # no epoch left to train, the run is only finished (test, curves, summary).
-        last_epoch = state.epoch
 
     folder.write_summary(summary("running"))
     model.train()

@@ -37,6 +37,8 @@ DEFAULT_COUNT = 8
 #: File types the figures can be written as (matplotlib picks the format from the suffix).
 FIGURE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
 _INDEX = re.compile(r"^(?:(train|val|test):)?(\d+)$")
+#: Text meant as ``N`` or ``SPLIT:N`` that is not one (a split name or index that does not exist).
+_INDEX_LIKE = re.compile(r"^(?:[\w-]*:)?\s*[-+]?[\d.,]+$|^[\w-]*:\s*\w*$")
 
 
 @dataclass
@@ -250,6 +252,11 @@ def _one_image(run, image: str | Path) -> tuple[torch.Tensor, str]:
                 f"image index {index} is out of range; split {split!r} has {len(data)} images"
             )
         return data.images[index].cpu(), f"{split} #{index}"
+    if _INDEX_LIKE.match(str(image)) and not path.exists():
+        raise ExplainError(
+            f"--image {str(image)!r} is not allowed; use an image file, N or SPLIT:N"
+            f" (N an index from 0, SPLIT one of {', '.join(SPLITS)})"
+        )
     return read_files(run, [path]).pixels[0], path.name
 
 

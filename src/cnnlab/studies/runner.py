@@ -781,30 +781,15 @@ def check_device(spec: StudySpec, device: str | None) -> None:
     retries one after another on a device that is not there.
 
     Raises:
-        ConfigError: naming the device and what is allowed or available.
+        ConfigError: naming the device (``--device`` or the spec's ``train.device``)
+            and what is allowed or available.
     """
-    from cnnlab.config import build_config
     from cnnlab.engine.trainer import resolve_device
-    from cnnlab.errors import ConfigError
 
-    config = spec.base_config()
     if device is not None:
-        tree = config.to_dict()
-        tree["train"]["device"] = device
-        try:
-            config = build_config(tree)
-        except ConfigError:
-            raise ConfigError(
-                f"--device {device!r} is not allowed; use auto, cpu, cuda, cuda:N or mps"
-            ) from None
-    try:
-        resolve_device(config.train.device)
-    except ConfigError as exc:
-        if device is None:
-            raise
-        raise ConfigError(
-            f"--device {device!r}: this machine has no such device; use --device cpu or auto"
-        ) from exc
+        resolve_device(device, "--device")
+    else:
+        resolve_device(spec.base_config().train.device)
 
 
 def run_worker(
