@@ -397,3 +397,12 @@ def test_predict_refuses_image_files_with_split_options(done_run, tree, tmp_path
     _one_line_error(capsys, "give image files or --split/--out/--probs, not both")
     assert capsys.readouterr().out == ""
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("rank", "speaks"), [("0", True), ("1", False)])
+def test_only_rank_0_of_a_torchrun_run_prints(tree, tmp_path, capsys, monkeypatch, rank, speaks):
+    # Every rank runs the same command line; the lines appeared once per process.
+    monkeypatch.setenv("RANK", rank)  # WORLD_SIZE unset: trains in this one process
+    assert main(_train_args(tree, tmp_path / "runs", "train.epochs=1")) == 0
+    out = capsys.readouterr().out
+    assert (out.count("run folder:") == 1) is speaks and (out.count("epoch 1") == 1) is speaks

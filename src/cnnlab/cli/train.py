@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -16,14 +17,16 @@ from cnnlab.errors import RunError
 class Progress:
     """Progress display owned by the CLI: a rich bar per epoch on a terminal, one line per epoch otherwise."""
 
-    def __init__(self, interactive: bool | None = None) -> None:
+    def __init__(self, interactive: bool | None = None, *, shown: bool = True) -> None:
         self.interactive = sys.stdout.isatty() if interactive is None else interactive
+        self.shown = shown  # False: another process (rank 0 of a torchrun run) shows it
         self._bar = None
         self._task = None
         self._last_update = 0.0
 
     def __call__(self, event: str, info: dict[str, Any]) -> None:
-        getattr(self, f"_on_{event}", lambda info: None)(info)
+        if self.shown:
+            getattr(self, f"_on_{event}", lambda info: None)(info)
 
     def _on_data(self, info: dict[str, Any]) -> None:
         """Decoding or downloading data: a bar on a terminal, nothing in logs."""
@@ -189,7 +192,9 @@ def train(
                 if config is not None:
                     args += ["--config", str(config)]
             raise typer.Exit(distributed.launch(devices, args))
-    progress = Progress()
+    # Under torchrun every rank runs this command; rank 0 alone speaks for the run.
+    speaks = int(os.environ.get("RANK", "0")) == 0
+    progress = Progress(shown=speaks)
     try:
         run = run_training(
             cfg,
@@ -209,8 +214,9 @@ def train(
         raise typer.Exit(130) from None
     finally:
         progress.close()
-    typer.echo(summary_line(run.summary))
-    typer.echo(f"run folder: {run.path}")
+    if speaks:
+        typer.echo(summary_line(run.summary))
+        typer.echo(f"run folder: {run.path}")
 
 
 def _saved_devices(run_dir: Path) -> int:
