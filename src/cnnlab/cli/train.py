@@ -272,7 +272,12 @@ def predict(
     probs: Annotated[
         Path | None, typer.Option("--probs", help="write class probabilities as CSV")
     ] = None,
-    top_k: Annotated[int, typer.Option("--top-k", min=1)] = 3,
+    top_k: Annotated[
+        int,
+        typer.Option(
+            "--top-k", min=1, help="classes listed per image file (--probs gives all, for a split)"
+        ),
+    ] = 3,
     checkpoint: Annotated[str, typer.Option("--checkpoint", help="best or last")] = "best",
     device: Annotated[
         str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps")
