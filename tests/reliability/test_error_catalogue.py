@@ -50,6 +50,9 @@ def env(tmp_path_factory):
     (root / "evil.yaml").write_text("train: !!python/object/apply:os.system ['true']\n")
     (root / "list.yaml").write_text("- 1\n- 2\n")
     (root / "binary.yaml").write_bytes(b"\xff\xfeoptim: 1")
+    (root / "one" / "train" / "cat").mkdir(parents=True)  # a tree of a single class
+    for i in range(4):
+        Image.new("L", (28, 28), 60 * i).save(root / "one" / "train" / "cat" / f"{i}.png")
     (root / "twice.yaml").write_text("optim: {lr: 0.1}\ntrain: {epochs: 1}\noptim: {lr: 0.2}\n")
     (root / "unknown.yaml").write_text("optim:\n  lrr: 0.1\n")
     (root / "bad.png").write_bytes(b"\x89PNG not really")
@@ -230,6 +233,10 @@ CASES = [
     ),
     (["data", "get", "fashion-mnist", "--timeout", "-1"], "Invalid value for '--timeout'"),
     (["data", "get", "imagefolder"], "no official download; it is your own tree: give it as"),
+    (
+        ["train", "data=imagefolder", "data.root={tmp}/one", "--runs", "{tmp}/r-one"],
+        "has 1 class ('cat')",
+    ),
 ]
 
 

@@ -48,7 +48,18 @@ def prepare_splits(splits: DataSplits, cfg: DataConfig) -> DataSplits:
     """Apply ``subset``/``test_subset`` (seeded by split_seed) and ``permute_pixels``.
 
     Missing val/test splits become empty ones so the loop needs no special cases.
+
+    Raises:
+        DataError: the data set has fewer than two classes (an image folder with
+            one class folder): every prediction would be right, and accuracy 1.0
+            would say nothing.
     """
+    if splits.num_classes < 2:
+        raise DataError(
+            f"data set {splits.name!r} has {splits.num_classes} class"
+            f" ({', '.join(map(repr, splits.classes)) or 'none'}) in {splits.source};"
+            " a classifier needs at least 2 (one sub-folder of train/ per class)"
+        )
     train = _subset(splits.train, cfg.subset, cfg.split_seed)
     val = _subset(
         splits.val if splits.val is not None else _empty(splits.train, "val"),
