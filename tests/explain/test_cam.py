@@ -91,34 +91,56 @@ def test_cam_has_no_layer_option(trained_patch_net, patch_test):
         explain(trained_patch_net, preprocess(patch_test.images[:2]), "cam", layer="features.conv2")
 
 
-def _grad_cam_pp_reference(model, x, target):
-    """The paper's formulas with Y = exp(S) spelled out, in float64, with plain autograd."""
-    model = model.double()
-    x = x.double()
-    features = model.forward_features(x).detach().requires_grad_(True)
-    scores = model.forward_head(features).gather(1, target.view(-1, 1))[:, 0]
-    (g,) = torch.autograd.grad(scores.sum(), features)
+def _grad_cam_pp_reference(model, x, target, layer):
+    """The paper's formulas (eq. 19) with Y = exp(S) spelled out, in float64, plain autograd."""
+    model = model.double().eval()
+    for m in model.modules():  # an in-place ReLU after the layer would overwrite A
+        if isinstance(getattr(m, "inplace", None), bool):
+            m.inplace = False
+    module = dict(model.named_modules())[layer]
+    seen = {}
+
+    def keep(_module, _inputs, output):
+        output.retain_grad()
+        seen["A"] = output
+
+    handle = module.register_forward_hook(keep)
+    try:
+        scores = model(x.double()).gather(1, target.view(-1, 1))[:, 0]
+        scores.sum().backward()
+    finally:
+        handle.remove()
+    a, g = seen["A"].detach(), seen["A"].grad
     e = scores.detach().exp().view(-1, 1, 1, 1)
-    # The head after this layer is linear, so the higher derivatives of Y = exp(S) are exact:
+    # Piecewise-linear after the layer: the higher derivatives of Y = exp(S) are exact, and
+    # the third one is taken at the pixel (i, j) being weighted, outside the sum over (a, b).
     d1, d2, d3 = e * g, e * g**2, e * g**3
-    denominator = 2 * d2 + (features.detach() * d3).sum((2, 3), keepdim=True)
-    alpha = d2 / torch.where(denominator != 0, denominator, torch.ones_like(denominator))
+    denominator = 2 * d2 + d3 * a.sum((2, 3), keepdim=True)
+    alpha = torch.where(denominator != 0, d2 / denominator, 0.0)
     weights = (alpha * F.relu(d1)).sum((2, 3), keepdim=True)
-    return F.relu((weights * features.detach()).sum(1))
+    return F.relu((weights * a).sum(1))
 
 
-def test_grad_cam_plus_plus_matches_the_paper(trained_patch_net, patch_test):
+@pytest.mark.parametrize("layer", ["features.act3", "features.conv2", "features.conv1"])
+def test_grad_cam_plus_plus_matches_the_paper(trained_patch_net, patch_test, layer):
+    # features.act3 is the map the pooling reads (g constant over each map); at the
+    # earlier layers g varies from pixel to pixel, where a misplaced sum shows.
     x = preprocess(patch_test.images[:8])
     target = patch_test.labels[:8]
-    ours = explain(trained_patch_net, x, "gradcam++", target=target, layer="features.act3")
-    reference = _grad_cam_pp_reference(copy.deepcopy(trained_patch_net), x, target)
+    ours = explain(trained_patch_net, x, "gradcam++", target=target, layer=layer)
+    reference = _grad_cam_pp_reference(copy.deepcopy(trained_patch_net), x, target, layer)
     torch.testing.assert_close(
         normalize_maps(ours.attributions[:, 0]).double(),
         normalize_maps(reference),
         rtol=1e-4,
         atol=1e-4,
     )
-    # ... and it is not Grad-CAM under another name
+
+
+def test_grad_cam_plus_plus_is_not_grad_cam_under_another_name(trained_patch_net, patch_test):
+    x = preprocess(patch_test.images[:8])
+    target = patch_test.labels[:8]
+    ours = explain(trained_patch_net, x, "gradcam++", target=target, layer="features.act3")
     gradcam = explain(trained_patch_net, x, "gradcam", target=target, layer="features.act3")
     assert not torch.allclose(
         normalize_maps(gradcam.attributions), normalize_maps(ours.attributions), atol=1e-2

@@ -71,19 +71,22 @@ def grad_cam_plus_plus(
     gradient ``g = dS/dA`` of a piecewise-linear network (second-order terms of S
     vanish), and ``exp(S)`` cancels out of the pixel weights:
 
-        alpha_ij^k = g_ij^2 / (2 g_ij^2 + sum_ab A_ab^k g_ij^3)
+        alpha_ij^k = g_ij^2 / (2 g_ij^2 + g_ij^3 sum_ab A_ab^k)
         w^k        = sum_ij alpha_ij^k relu(dY/dA_ij^k)
         map        = relu(sum_k w^k A^k)
 
     ``dY/dA = exp(S) g``: the factor ``exp(S)`` is one positive number per image
     that only rescales the map, so it is left out (it overflows for large logits).
-    Where the denominator is zero, alpha is zero (the paper's reference code does
-    the same).
+    The third derivative is taken at the pixel being weighted (the paper's eq. 19):
+    it stands outside the sum over the map, which only the map a global average
+    pooling reads (where g is the same at every pixel) cannot tell apart. Where
+    the denominator is zero, alpha is zero (the paper's reference code does the same).
     """
     activation, g = _layer_output_and_grad(model, x, target, layer)
     g2 = g.pow(2)
     g3 = g.pow(3)
-    denominator = 2 * g2 + (activation * g3).sum(dim=(2, 3), keepdim=True)
-    alpha = g2 / torch.where(denominator != 0, denominator, torch.ones_like(denominator))
+    denominator = 2 * g2 + g3 * activation.sum(dim=(2, 3), keepdim=True)
+    nonzero = denominator != 0
+    alpha = torch.where(nonzero, g2 / torch.where(nonzero, denominator, 1.0), 0.0)
     weights = (alpha * F.relu(g)).sum(dim=(2, 3), keepdim=True)
     return F.relu((weights * activation).sum(dim=1, keepdim=True))
