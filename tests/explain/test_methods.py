@@ -87,11 +87,12 @@ def test_no_hooks_leak_and_repeated_calls_agree(trained_patch_net, patch_test, m
     assert first.maps.abs().sum() > 0
 
 
-@pytest.mark.parametrize("method", [m for m in ALL_METHODS if m != "smoothgrad"])
+@pytest.mark.parametrize("method", ALL_METHODS)
 def test_batch_size_does_not_change_the_maps(trained_patch_net, patch_test, method):
     """Images are explained independently (eval mode), so chunking is only about memory."""
     x = preprocess(patch_test.images[:5])
-    options = MethodOptions(ig_steps=8)
+    x[1] *= 5  # SmoothGrad's noise follows each image's own range, not the batch's
+    options = MethodOptions(ig_steps=8, smoothgrad_samples=6, internal_batch_size=8)
     whole = explain(trained_patch_net, x, method, batch_size=5, options=options)
     pieces = explain(trained_patch_net, x, method, batch_size=2, options=options)
     torch.testing.assert_close(pieces.maps, whole.maps, rtol=1e-4, atol=1e-5)
@@ -293,5 +294,12 @@ def test_cuda_gives_the_cpu_maps(patch_test, method):
     on_cpu = explain(model, x, method, options=options)
     on_gpu = explain(model.cuda(), x.cuda(), method, options=options)
     assert on_gpu.maps.device.type == "cpu"
-    if method != "smoothgrad":  # the noise comes from a different generator on the GPU
-        torch.testing.assert_close(on_gpu.maps, on_cpu.maps, rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(on_gpu.maps, on_cpu.maps, rtol=1e-3, atol=1e-4)
+
+
+def test_smoothgrad_without_noise_is_saliency(trained_patch_net, patch_test):
+    x = preprocess(patch_test.images[:3])
+    quiet = MethodOptions(smoothgrad_samples=3, smoothgrad_noise=0.0)
+    smooth = explain(trained_patch_net, x, "smoothgrad", options=quiet)
+    plain = explain(trained_patch_net, x, "saliency")
+    torch.testing.assert_close(smooth.maps, plain.maps, rtol=1e-5, atol=1e-7)

@@ -20,7 +20,7 @@ class MethodOptions:
 
     Attributes:
         smoothgrad_samples: noisy copies per image (Smilkov et al. use 50; 25 looks the same).
-        smoothgrad_noise: noise standard deviation as a fraction of the batch's value range
+        smoothgrad_noise: noise standard deviation as a fraction of each image's value range
             (the paper recommends 10-20%).
         ig_steps: Riemann steps of Integrated Gradients.
         internal_batch_size: how many noisy or interpolated inputs go through the network at
@@ -50,24 +50,34 @@ def saliency(
 def smoothgrad(
     model: nn.Module, x: torch.Tensor, target: torch.Tensor, layer, opts: MethodOptions
 ) -> torch.Tensor:
-    """Saliency averaged over noisy copies of the input (Smilkov et al. 2017)."""
-    from captum.attr import NoiseTunnel, Saliency
+    """Saliency averaged over noisy copies of each input (Smilkov et al. 2017).
 
-    spread = float((x.max() - x.min()).item()) or 1.0
-    # captum draws the noise from the global generator: fork it so results are
-    # reproducible and the caller's random stream is left where it was.
-    devices = [x.device] if x.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices, device_type=x.device.type):
-        torch.manual_seed(opts.seed)
-        return NoiseTunnel(Saliency(model)).attribute(
-            x,
-            nt_type="smoothgrad",
-            nt_samples=opts.smoothgrad_samples,
-            nt_samples_batch_size=max(1, opts.internal_batch_size // max(1, len(x))),
-            stdevs=opts.smoothgrad_noise * spread,
-            target=target,
-            abs=True,
+    Each image's noise is scaled by its own value range, and the draws come from
+    a CPU generator seeded with ``opts.seed``, the same for every image: a map
+    depends on its image alone, not on the images beside it, the batch size or
+    the device. (captum's NoiseTunnel takes one noise level for the whole batch
+    and draws from the global generator per batch.)
+    """
+    from captum.attr import Saliency
+
+    n, shape = len(x), x.shape[1:]
+    flat = x.detach().flatten(1)
+    spread = flat.amax(1) - flat.amin(1)
+    scale = torch.where(spread > 0, spread, torch.ones_like(spread)) * opts.smoothgrad_noise
+    draws = torch.Generator().manual_seed(opts.seed)
+    noise = torch.randn((opts.smoothgrad_samples, *shape), generator=draws)
+    noise = noise.to(device=x.device, dtype=x.dtype)
+    saliency = Saliency(model)
+    per_call = max(1, opts.internal_batch_size // max(1, n))
+    total = torch.zeros_like(x)
+    for start in range(0, len(noise), per_call):
+        chunk = noise[start : start + per_call]  # s x C x H x W, shared by the n images
+        noisy = x.detach()[None] + chunk[:, None] * scale.view(1, n, 1, 1, 1)
+        grads = saliency.attribute(
+            noisy.reshape(-1, *shape), target=target.repeat(len(chunk)), abs=True
         )
+        total += grads.view(len(chunk), n, *shape).sum(0)
+    return total / len(noise)
 
 
 def _baseline(x: torch.Tensor, baseline: torch.Tensor | float | None) -> torch.Tensor | float:
