@@ -92,3 +92,57 @@ def test_cuda_rng_states_of_gpus_this_process_does_not_see_are_dropped(monkeypat
     monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.extend)
     ckpt.set_rng_state(state)
     assert [int(s[0]) for s in restored] == [0, 1]
+
+
+def _interrupted_then_resumed(run_dir: Path, event: str, when) -> None:
+    """Ctrl-C (in process) at the first ``event`` for which ``when(info)`` holds, then resume."""
+    from cnnlab.config import load_config
+    from cnnlab.engine.trainer import train
+    from tests.engine.killable import OVERRIDES
+    from tests.engine.synthetic import make_splits
+
+    def stop(name: str, info: dict) -> None:
+        if name == event and when(info):
+            raise KeyboardInterrupt
+
+    torch.set_num_threads(1)
+    with pytest.raises(KeyboardInterrupt):
+        train(
+            load_config(overrides=OVERRIDES), run_dir=run_dir, callback=stop, splits=make_splits()
+        )
+    train(None, run_dir=run_dir, resume=True, splits=make_splits())
+
+
+@pytest.mark.parametrize(
+    ("event", "when"),
+    [
+        # after epoch 1 is recorded: its numbers were carried into epoch 2 as a partial
+        ("epoch", lambda info: info["row"]["epoch"] == 1),
+        # after epoch 2's last step, before its evaluation: resumes at the epoch's end
+        ("step", lambda info: info["epoch"] == 2 and info["batch"] == info["steps"]),
+        # mid-epoch
+        ("step", lambda info: info["epoch"] == 2 and info["batch"] == 3),
+    ],
+    ids=["after-epoch", "before-evaluation", "mid-epoch"],
+)
+def test_ctrl_c_anywhere_in_an_epoch_resumes_to_the_same_numbers(tmp_path, event, when):
+    reference = tmp_path / "reference"
+    _run(reference, "none", resume=False)
+    stopped = tmp_path / "stopped"
+    _interrupted_then_resumed(stopped, event, when)
+    ref_rows, got_rows = (
+        read_metrics(reference / "metrics.csv"),
+        read_metrics(stopped / "metrics.csv"),
+    )
+    assert [r["epoch"] for r in got_rows] == [1, 2, 3]
+    for a, b in zip(ref_rows, got_rows):
+        for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr"):
+            assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-9), (key, a["epoch"])
+    # The run's training time is the sum of its epochs', however it was cut.
+    import json
+
+    summary = json.loads((stopped / "summary.json").read_text())
+    seconds = sum(r["seconds"] for r in got_rows)
+    assert summary["time"]["train_seconds"] == pytest.approx(seconds, rel=1e-6, abs=1e-6)
+    reference_best = json.loads((reference / "summary.json").read_text())["best"]
+    assert summary["best"] == reference_best

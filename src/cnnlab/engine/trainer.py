@@ -574,9 +574,13 @@ def _train(
     model.train()
     status = "completed"
     diverged: dict[str, Any] | None = None
+    # Whether the current epoch's training time is not yet in epoch_seconds/train_seconds
+    # (an interrupt then adds it; after the batch loop it is in, and must not count twice).
+    epoch_open = False
     try:
         for epoch in range(state.epoch, last_epoch):
             t_epoch = time.perf_counter()
+            epoch_open = True
             p = state.partial or {}
             loss_sum = torch.tensor(p.get("loss_sum", 0.0), device=device, dtype=torch.float64)
             correct = torch.tensor(int(p.get("correct", 0)), device=device, dtype=torch.int64)
@@ -659,11 +663,13 @@ def _train(
                         break
                 scaler.step(optimizer)
                 scaler.update()
-                state.step += 1
-                state.batch = b + 1
+                # The batch's sums first, then the position: an interrupt between them
+                # must not leave a trained batch out of the epoch's numbers.
                 loss_sum += loss.detach().double() * len(yb)
                 correct += (out.detach().argmax(1) == yb).sum()
                 seen += len(yb)
+                state.step += 1
+                state.batch = b + 1
                 emit(
                     "step",
                     {
@@ -680,8 +686,10 @@ def _train(
                 seen_t = torch.tensor(seen, device=device, dtype=torch.int64)
                 D.all_reduce_sum(loss_sum, correct, seen_t)
                 seen = int(seen_t.item())
-            epoch_seconds += time.perf_counter() - t_epoch
-            state.train_seconds += time.perf_counter() - t_epoch
+            elapsed = time.perf_counter() - t_epoch
+            epoch_seconds += elapsed
+            state.train_seconds += elapsed
+            epoch_open = False
             if diverged is not None:
                 status = "diverged"
                 folder.log(
@@ -722,30 +730,26 @@ def _train(
                 "examples_per_sec": seen / epoch_seconds if epoch_seconds > 0 else None,
                 "seconds": epoch_seconds,
             }
-            state.rows.append(row)
-            state.epoch = epoch + 1
-            state.batch = 0
-            state.partial = {}
-
             monitored = (
                 row[cfg.train.monitor]
                 if row[cfg.train.monitor] is not None
                 else (row["train_acc"] if cfg.train.monitor == "val_acc" else row["train_loss"])
             )
-            if is_better(monitored, state.best_val, cfg.train.monitor):
+            better = is_better(monitored, state.best_val, cfg.train.monitor)
+            if better and ctx.is_main:
+                ckpt.save_checkpoint(
+                    {"model": model.state_dict(), "epoch": epoch + 1, **ckpt.fingerprints(cfg)},
+                    folder.checkpoints / "best.pt",
+                    keep_previous=False,
+                )
+            # The epoch ends here, all at once: an interrupt before this line resumes at
+            # the epoch's end (evaluated and compared again), one after it at the next epoch.
+            if better:
                 state.best_val, state.best_epoch, state.bad_epochs = monitored, epoch + 1, 0
-                if ctx.is_main:
-                    ckpt.save_checkpoint(
-                        {
-                            "model": model.state_dict(),
-                            "epoch": epoch + 1,
-                            **ckpt.fingerprints(cfg),
-                        },
-                        folder.checkpoints / "best.pt",
-                        keep_previous=False,
-                    )
             else:
                 state.bad_epochs += 1
+            state.rows.append(row)
+            state.epoch, state.batch, state.partial = epoch + 1, 0, {}
             save_last()
             folder.write_metrics(state.rows)
             folder.log(epoch_line(row))
@@ -771,13 +775,19 @@ def _train(
                 emit("note", {"text": note})
                 break
     except KeyboardInterrupt:
-        # Keep the partial epoch so --resume continues at the next batch.
-        state.partial = {
-            "loss_sum": float(loss_sum.item()),
-            "correct": int(correct.item()),
-            "seen": seen,
-            "seconds": epoch_seconds + time.perf_counter() - t_epoch,
-        }
+        if state.batch == 0:
+            # Between epochs (the last one's numbers are in its row): nothing is partial.
+            state.partial = {}
+        else:
+            # Keep the partial epoch so --resume continues at the next batch.
+            elapsed = time.perf_counter() - t_epoch if epoch_open else 0.0
+            state.train_seconds += elapsed
+            state.partial = {
+                "loss_sum": float(loss_sum.item()),
+                "correct": int(correct.item()),
+                "seen": seen,
+                "seconds": epoch_seconds + elapsed,
+            }
         save_last()
         folder.write_metrics(state.rows)
         folder.write_summary(summary("interrupted"))
