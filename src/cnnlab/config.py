@@ -74,7 +74,7 @@ class DataConfig(_Section):
     )
     split_seed: int = Field(0, description="seed of the train/val split (kept fixed across runs)")
     subset: int | None = Field(
-        None, ge=10, description="use only this many training images (stratified)"
+        None, ge=10, description="use only this many training images (a seeded uniform sample)"
     )
     test_subset: int | None = Field(None, ge=10, description="use only this many val/test images")
     resize: int | None = Field(None, ge=4, le=1024, description="resize images to this square size")
