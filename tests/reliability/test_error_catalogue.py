@@ -77,6 +77,8 @@ def env(tmp_path_factory):
     mp.undo()
 
 
+SHOW_GRID = ["data", "show", "imagefolder", "--root", "{tree}", "--out", "{tmp}/g.png", "--count"]
+
 CASES = [
     # train: config values, keys and files
     (["train", "model=lenet6"], "model.name='lenet6'"),
@@ -203,34 +205,8 @@ CASES = [
     (["train", "--config", "{tmp}/binary.yaml"], "binary.yaml: not a UTF-8 text file"),
     (["train", "--config", "{tmp}/twice.yaml"], "key 'optim' appears twice (lines 1 and 3)"),
     (["study", "run", "{tmp}/twice.yaml", "--dry-run"], "key 'optim' appears twice"),
-    (
-        [
-            "data",
-            "show",
-            "imagefolder",
-            "--root",
-            "{tree}",
-            "--out",
-            "{tmp}/g.png",
-            "--count",
-            "1e5",
-        ],
-        "--count",
-    ),
-    (
-        [
-            "data",
-            "show",
-            "imagefolder",
-            "--root",
-            "{tree}",
-            "--out",
-            "{tmp}/g.png",
-            "--count",
-            "100000",
-        ],
-        "count=100000 is not allowed; show 1 to 400 images per grid",
-    ),
+    ([*SHOW_GRID, "1e5"], "--count"),
+    ([*SHOW_GRID, "100000"], "count=100000 is not allowed; show 1 to 400 images per grid"),
     (["data", "get", "fashion-mnist", "--timeout", "-1"], "Invalid value for '--timeout'"),
     (["data", "get", "imagefolder"], "no official download; it is your own tree: give it as"),
     (
