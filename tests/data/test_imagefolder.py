@@ -12,6 +12,7 @@ import torch
 
 from cnnlab.cli import main
 from cnnlab.data import available_splits, load_dataset, load_splits
+from cnnlab.errors import DataError
 
 from ._factories import image_array, make_tree, save_image
 
@@ -200,3 +201,41 @@ def test_cli_empty_class_folder_and_bad_annotations(
     (tmp_path / "u/val/val_annotations.txt").write_text("x.png\tzebra\n")
     err = _cli_error(capsys, "--root", str(tmp_path / "u"))
     assert "val_annotations.txt line 1: expected '<file>\\t<class>' with a class from train/" in err
+
+
+def test_sixteen_bit_and_float_grayscale_are_scaled_not_clipped(tmp_path: Path) -> None:
+    from PIL import Image
+
+    make_tree(tmp_path / "d", {"train": 1}, classes=("a", "b"), size=(2, 4), channels=1)
+    deep = np.array([[0, 1000, 30000, 65535]] * 2, dtype=np.uint16)
+    Image.fromarray(deep).save(tmp_path / "d" / "train" / "a" / "deep.png")  # mode I;16
+    Image.fromarray(np.array([[0.0, 0.5, 1.0, 0.25]] * 2, np.float32)).save(
+        tmp_path / "d" / "train" / "b" / "float.tif"
+    )
+    data = load_dataset("imagefolder", root=tmp_path / "d")
+    files = sorted((tmp_path / "d" / "train").rglob("*.*"))
+    row = {f.name: data.images[i, 0, 0].tolist() for i, f in enumerate(files)}
+    assert row["deep.png"] == [0, 4, 117, 255]  # v / 257; PIL's convert("L") clipped at 255
+    assert row["float.tif"] == [0, 128, 255, 64]
+    rgb = load_dataset("imagefolder", root=tmp_path / "d", channels=3)
+    assert (
+        rgb.images[files.index(tmp_path / "d" / "train" / "a" / "deep.png"), :, 0].tolist()
+        == [[0, 4, 117, 255]] * 3
+    )
+    Image.fromarray(np.full((2, 4), 3.0, np.float32)).save(tmp_path / "d" / "train" / "b" / "x.tif")
+    with pytest.raises(DataError, match=r"x.tif: a float image must hold values in \[0, 1\]"):
+        load_dataset("imagefolder", root=tmp_path / "d")
+
+
+def test_linked_sub_folders_are_followed_once_and_broken_links_named(tmp_path: Path) -> None:
+    tree = make_tree(tmp_path / "t", {"train": 2}, classes=("a", "b"))
+    extra = make_tree(tmp_path / "more", {"train": 1}, classes=("a",))
+    os.symlink(tmp_path / "more" / "train" / "a", tmp_path / "t" / "train" / "a" / "linked")
+    os.symlink(tmp_path / "t" / "train" / "b", tmp_path / "t" / "train" / "b" / "loop")  # a cycle
+    data = load_dataset("imagefolder", root=tmp_path / "t")
+    # 2 + 1 linked images of a; b's loop leads back to itself and is read once
+    assert data.class_counts() == [3, 2]
+    assert len(extra["train"]) == 1 and len(tree["train"]) == 4
+    os.symlink(tmp_path / "nowhere.png", tmp_path / "t" / "train" / "a" / "dangling.png")
+    with pytest.raises(DataError, match=r"cannot read image .*dangling.png: No such file"):
+        load_dataset("imagefolder", root=tmp_path / "t")

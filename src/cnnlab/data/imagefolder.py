@@ -46,7 +46,7 @@ IMAGE_EXTENSIONS = (
 )
 ANNOTATIONS = "val_annotations.txt"
 _GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2  # 2: high-bit-depth grayscale scaled, linked sub-folders followed
 
 
 @dataclass(frozen=True)
@@ -64,10 +64,21 @@ def _visible(path: Path) -> bool:
 
 
 def _images_under(folder: Path) -> list[Path]:
-    """Image files below ``folder`` (recursively, as Tiny-ImageNet nests them), sorted."""
+    """Image files below ``folder`` (recursively, as Tiny-ImageNet nests them), sorted.
+
+    Symbolically linked sub-folders are followed, as torchvision's ImageFolder does,
+    each real folder once (a link back up the tree would otherwise never end).
+    """
     found = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+    visited = {os.path.realpath(folder)}
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        keep = []
+        for d in sorted(dirnames):
+            real = os.path.realpath(os.path.join(dirpath, d))
+            if not d.startswith(".") and real not in visited:
+                visited.add(real)
+                keep.append(d)
+        dirnames[:] = keep
         found.extend(
             Path(dirpath, f)
             for f in filenames
@@ -182,7 +193,10 @@ def fingerprint(split: FolderSplit) -> str:
     for path, label in zip(
         (*split.files, *extra), (*split.labels, *[-1] * len(extra)), strict=True
     ):
-        st = path.stat()
+        try:
+            st = path.stat()
+        except OSError as exc:  # a broken symbolic link, a file removed meanwhile
+            raise DataError(f"cannot read image {path}: {exc.strerror or exc}") from None
         h.update(
             f"\n{path.relative_to(split.folder)}\t{label}\t{st.st_size}\t{st.st_mtime_ns}".encode()
         )
@@ -219,6 +233,31 @@ def parse_channels(value: Any) -> int | None:
     return int(value)
 
 
+def _eight_bit(img, path: Path):
+    """A 16-bit or 32-bit grayscale image scaled to 8 bits ("L"); other images unchanged.
+
+    PIL's ``convert("L")`` clips such values at 255 instead of scaling them, so
+    a 16-bit PNG became black and white. Integers are read as 16-bit (0..65535
+    to 0..255); floats must lie in [0, 1].
+    """
+    from PIL import Image
+
+    if img.mode in ("I", "I;16", "I;16B", "I;16L"):
+        values = np.asarray(img, dtype=np.float64)
+        scaled = np.clip(values, 0, 65535) / 257.0
+    elif img.mode == "F":
+        values = np.asarray(img, dtype=np.float64)
+        if values.size and (np.nanmin(values) < 0 or np.nanmax(values) > 1):
+            raise DataError(
+                f"cannot decode image {path}: a float image must hold values in [0, 1], "
+                f"found {np.nanmin(values):g} to {np.nanmax(values):g}"
+            )
+        scaled = np.nan_to_num(values) * 255.0
+    else:
+        return img
+    return Image.fromarray(np.rint(scaled).astype(np.uint8))  # 2-D uint8: mode "L"
+
+
 def _open(path: Path, mode: str | None, size: tuple[int, int] | None) -> np.ndarray:
     """One image as ``H x W x C`` uint8, converted to ``mode`` and resized to ``size`` (H, W)."""
     from PIL import Image
@@ -227,7 +266,7 @@ def _open(path: Path, mode: str | None, size: tuple[int, int] | None) -> np.ndar
         with Image.open(path) as img:
             if mode is None:
                 mode = "L" if img.mode in _GRAY_MODES else "RGB"
-            img = img.convert(mode)
+            img = _eight_bit(img, path).convert(mode)
             if size is not None and img.size != (size[1], size[0]):
                 img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
             array = np.asarray(img, dtype=np.uint8)
