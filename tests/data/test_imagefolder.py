@@ -239,3 +239,16 @@ def test_linked_sub_folders_are_followed_once_and_broken_links_named(tmp_path: P
     os.symlink(tmp_path / "nowhere.png", tmp_path / "t" / "train" / "a" / "dangling.png")
     with pytest.raises(DataError, match=r"cannot read image .*dangling.png: No such file"):
         load_dataset("imagefolder", root=tmp_path / "t")
+
+
+def test_an_empty_class_folder_in_train_is_refused(tmp_path: Path) -> None:
+    make_tree(tmp_path / "t", {"train": 2, "test": 1})
+    (tmp_path / "t" / "test" / "zebra").mkdir()  # not a class of train/
+    with pytest.raises(DataError, match="zebra is not a class"):
+        load_dataset("imagefolder", "test", root=tmp_path / "t")
+    (tmp_path / "t" / "test" / "zebra").rmdir()
+    (tmp_path / "t" / "test" / "cat").joinpath("000.png").unlink()  # val/test may lack a class
+    assert load_dataset("imagefolder", "test", root=tmp_path / "t").class_counts() == [0, 1, 1]
+    (tmp_path / "t" / "train" / "zebra").mkdir()
+    with pytest.raises(DataError, match=r"class folder .*train/zebra holds no images"):
+        load_dataset("imagefolder", root=tmp_path / "t")

@@ -167,12 +167,15 @@ def _scan_annotations(folder: Path, classes: tuple[str, ...]) -> tuple[list[Path
     return files, labels
 
 
-def scan_split(folder: Path, classes: tuple[str, ...]) -> FolderSplit:
+def scan_split(folder: Path, classes: tuple[str, ...], *, every_class: bool = False) -> FolderSplit:
     """List the images and labels of one split folder.
 
     Args:
         folder: ``train/``, ``val/`` or ``test/`` of a tree.
         classes: the tree's classes (from ``train/``); label = index in it.
+        every_class: refuse a class without images (``train/``: a class no training
+            image shows is an output the network never learns; torchvision's
+            ImageFolder refuses such a tree too). ``val/`` and ``test/`` may lack one.
 
     Returns:
         The files in a fixed order (sorted by class, then path) with their labels.
@@ -183,6 +186,14 @@ def scan_split(folder: Path, classes: tuple[str, ...]) -> FolderSplit:
         files, labels = _scan_classes(folder, classes)
     if not files:
         raise DataError(f"{folder} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+    if every_class:
+        empty = [c for i, c in enumerate(classes) if i not in set(labels)]
+        if empty:
+            raise DataError(
+                f"class folder {folder / empty[0]} holds no images"
+                f"{f' (nor do {len(empty) - 1} more)' if len(empty) > 1 else ''}; "
+                "remove it or add images"
+            )
     return FolderSplit(folder, tuple(files), tuple(labels), classes)
 
 
@@ -461,7 +472,7 @@ class ImageFolderSource(DataSource):
         if split not in self.splits or not is_labelled(tree / split, classes):
             have = ", ".join(s for s in self.splits if is_labelled(tree / s, classes))
             raise DataError(f"{tree} has no labelled {split!r} split; it has: {have}")
-        listing = scan_split(tree / split, classes)
+        listing = scan_split(tree / split, classes, every_class=split == "train")
         stamp = fingerprint(listing)
         key = f"{listing.folder.resolve()}|{size}|{channels}"
         folder = cache_root() / "imagefolder" / hashlib.sha256(key.encode()).hexdigest()[:20]
