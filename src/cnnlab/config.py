@@ -163,6 +163,9 @@ class ScheduleConfig(_Section):
     milestones: list[int] = Field(
         default_factory=list, description="multistep: epochs at which to decay"
     )
+    warmup_epochs: float = Field(0.0, ge=0.0, description="cosine: linear warm-up length")
+    min_lr: float = Field(0.0, ge=0.0, description="cosine: final lr")
+    pct_start: float = Field(0.3, gt=0.0, lt=1.0, description="onecycle: fraction spent rising")
 
     @field_validator("milestones")
     @classmethod
@@ -174,10 +177,6 @@ class ScheduleConfig(_Section):
                 "use epochs >= 1 such as [30, 60]"
             )
         return value
-
-    warmup_epochs: float = Field(0.0, ge=0.0, description="cosine: linear warm-up length")
-    min_lr: float = Field(0.0, ge=0.0, description="cosine: final lr")
-    pct_start: float = Field(0.3, gt=0.0, lt=1.0, description="onecycle: fraction spent rising")
 
 
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?|mps")

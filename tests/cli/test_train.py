@@ -402,7 +402,9 @@ def test_predict_refuses_image_files_with_split_options(done_run, tree, tmp_path
 @pytest.mark.parametrize(("rank", "speaks"), [("0", True), ("1", False)])
 def test_only_rank_0_of_a_torchrun_run_prints(tree, tmp_path, capsys, monkeypatch, rank, speaks):
     # Every rank runs the same command line; the lines appeared once per process.
-    monkeypatch.setenv("RANK", rank)  # WORLD_SIZE unset: trains in this one process
+    import cnnlab.engine.distributed as dist
+
+    monkeypatch.setattr(dist, "launched_rank", lambda: int(rank))  # trains in this process
     assert main(_train_args(tree, tmp_path / "runs", "train.epochs=1")) == 0
     out = capsys.readouterr().out
     assert (out.count("run folder:") == 1) is speaks and (out.count("epoch 1") == 1) is speaks

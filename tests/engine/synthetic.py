@@ -9,6 +9,18 @@ from cnnlab.data.stats import channel_stats
 
 CLASSES = ("top-left", "top-right", "bottom-left", "bottom-right")
 
+#: A small, fast run on these images (the engine tests add what each one varies).
+SMALL_RUN = [
+    "train.epochs=2",
+    "train.batch_size=32",
+    "train.device=cpu",
+    "model=lenet5-modern",
+    "optim.lr=0.05",
+    "optim.momentum=0.9",
+]
+#: What every finished run folder holds.
+RUN_FILES = {"config.yaml", "metrics.csv", "summary.json", "curves.png", "log.txt", "checkpoints"}
+
 
 def patch_images(
     n: int, seed: int, size: int = 28, channels: int = 1

@@ -8,22 +8,13 @@ from cnnlab.engine.evaluate import evaluate_run, predict_files, read_image_file
 from cnnlab.engine.run import Run
 from cnnlab.engine.trainer import train
 from cnnlab.errors import DataError, RegistryError, RunError
-from tests.engine.synthetic import CLASSES, patch_images
-
-OVERRIDES = [
-    "train.epochs=2",
-    "train.batch_size=32",
-    "train.device=cpu",
-    "model=lenet5-modern",
-    "optim.lr=0.05",
-    "optim.momentum=0.9",
-]
+from tests.engine.synthetic import CLASSES, SMALL_RUN, patch_images
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, patch_splits):
     path = tmp_path_factory.mktemp("runs") / "r"
-    return train(load_config(overrides=OVERRIDES), run_dir=path, splits=patch_splits)
+    return train(load_config(overrides=SMALL_RUN), run_dir=path, splits=patch_splits)
 
 
 def _split_data(monkeypatch, splits):

@@ -19,6 +19,7 @@ from cnnlab.engine.run import Run
 from cnnlab.engine.trainer import train
 from cnnlab.errors import ConfigError, RunError
 from cnnlab.models import create_model
+from tests.engine.synthetic import RUN_FILES
 
 # Fused groups run NCHW; the single-run trainer would pick channels_last on a CPU, whose
 # different summation order drifts by ~1e-5 over these steps at lr 0.9 (it is
@@ -78,14 +79,7 @@ def test_fused_group_equals_separate_runs(tmp_path, patch_splits):
                     value if value is None else pytest.approx(value, rel=1e-4, abs=1e-5)
                 ), key
         # a normal run folder: the trainer's files and summary keys, and a loadable model
-        assert {
-            "config.yaml",
-            "metrics.csv",
-            "summary.json",
-            "curves.png",
-            "log.txt",
-            "checkpoints",
-        } <= {p.name for p in f.path.iterdir()}
+        assert RUN_FILES <= {p.name for p in f.path.iterdir()}
         summary = json.loads((f.path / "summary.json").read_text())
         assert set(s.summary) <= set(summary) and summary["fused"]["group_size"] == 3
         assert (

@@ -9,32 +9,17 @@ from cnnlab.engine import checkpoint as ckpt
 from cnnlab.engine.run import Run, read_metrics
 from cnnlab.engine.trainer import summary_line, train
 from cnnlab.errors import CheckpointError, RunError
-
-BASE = [
-    "train.epochs=2",
-    "train.batch_size=32",
-    "train.device=cpu",
-    "model=lenet5-modern",
-    "optim.lr=0.05",
-    "optim.momentum=0.9",
-]
+from tests.engine.synthetic import RUN_FILES, SMALL_RUN
 
 
 def _cfg(*extra):
-    return load_config(overrides=[*BASE, *extra])
+    return load_config(overrides=[*SMALL_RUN, *extra])
 
 
 def test_run_folder_is_complete(tmp_path, patch_splits):
     run = train(_cfg(), run_dir=tmp_path / "r", splits=patch_splits)
     files = {p.name for p in run.path.iterdir()}
-    assert {
-        "config.yaml",
-        "metrics.csv",
-        "summary.json",
-        "curves.png",
-        "log.txt",
-        "checkpoints",
-    } <= files
+    assert RUN_FILES <= files
     assert (run.path / "checkpoints" / "last.pt").is_file() and (
         run.path / "checkpoints" / "best.pt"
     ).is_file()

@@ -146,7 +146,8 @@ def _run_one_study(
 
     if fuse is not None:
         fuse = fuse_mode(fuse, what="--fuse")
-    check_device(spec, device)  # a dry run checks what a real one would
+    if dry_run:
+        check_device(spec, device)  # what run_study checks before a real run
     plans = expand(spec)
     info = describe_plans(plans)
     typer.echo(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
@@ -193,7 +192,9 @@ def train(
                     args += ["--config", str(config)]
             raise typer.Exit(distributed.launch(devices, args))
     # Under torchrun every rank runs this command; rank 0 alone speaks for the run.
-    speaks = int(os.environ.get("RANK", "0")) == 0
+    from cnnlab.engine.distributed import launched_rank
+
+    speaks = launched_rank() == 0
     progress = Progress(shown=speaks)
     try:
         run = run_training(

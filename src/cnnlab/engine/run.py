@@ -65,15 +65,20 @@ def new_run_dir(runs_root: str | Path, name: str) -> Path:
     hold someone's files, and a new run would overwrite them.
     """
     path = Path(runs_root) / check_run_name(name)
-    if (path / "config.yaml").is_file():
-        raise RunError(
-            f"run folder {str(path)!r} already holds a run; resume it with --resume {path} or choose another --name"
-        )
+    refuse_existing_run(path)
     if path.exists() or path.is_symlink():
         raise RunError(
             f"{str(path)!r} already exists and is not a run folder (no config.yaml); choose another --name"
         )
     return path
+
+
+def refuse_existing_run(path: Path) -> None:
+    """A new run must not start in a folder that already holds one (it is resumed instead)."""
+    if (path / "config.yaml").exists():
+        raise RunError(
+            f"run folder {str(path)!r} already holds a run; resume it with --resume {path} or choose another --name"
+        )
 
 
 def finished_run_error(path: Path, summary: dict[str, Any]) -> RunError | None:

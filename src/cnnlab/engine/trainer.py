@@ -56,6 +56,7 @@ from cnnlab.engine.run import (
     default_run_name,
     finished_run_error,
     new_run_dir,
+    refuse_existing_run,
 )
 from cnnlab.engine.schedules import lr_at
 from cnnlab.errors import CheckpointError, ConfigError, RunError
@@ -276,10 +277,8 @@ def prepare_run_dir(
     if run_dir is None:
         run_dir = Path(runs_root) / (name or default_run_name(config))
     run_dir = Path(run_dir)
-    if not resume and (run_dir / "config.yaml").exists():
-        raise RunError(
-            f"run folder {str(run_dir)!r} already holds a run; resume it with --resume {run_dir} or choose another --name"
-        )
+    if not resume:
+        refuse_existing_run(run_dir)
     # Check now, create later: a run that fails before training leaves no empty folder behind.
     existing = run_dir
     while not existing.exists() and existing != existing.parent:
