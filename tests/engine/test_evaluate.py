@@ -90,3 +90,13 @@ def test_export_onnx_and_torchscript_match(trained, tmp_path):
     assert np.allclose(got, expected.numpy(), atol=1e-4)
     with pytest.raises(RegistryError, match="unknown export format 'tflite'"):
         run.export("tflite")
+
+
+def test_image_files_are_read_as_image_folders_read_them(tmp_path):
+    """A 16-bit grayscale file is scaled to 8 bits, not clipped to white."""
+    f = tmp_path / "deep.png"
+    Image.fromarray(np.full((28, 28), 32896, dtype=np.uint16)).save(f)  # 128 * 257
+    t = read_image_file(f, 1, (28, 28))
+    assert t.shape == (1, 28, 28) and int(t.unique().item()) == 128
+    rgb = read_image_file(f, 3, (14, 14))
+    assert rgb.shape == (3, 14, 14) and int(rgb.max()) == 128

@@ -269,8 +269,12 @@ def _eight_bit(img, path: Path):
     return Image.fromarray(np.rint(scaled).astype(np.uint8))  # 2-D uint8: mode "L"
 
 
-def _open(path: Path, mode: str | None, size: tuple[int, int] | None) -> np.ndarray:
-    """One image as ``H x W x C`` uint8, converted to ``mode`` and resized to ``size`` (H, W)."""
+def read_image(path: Path, mode: str | None, size: tuple[int, int] | None) -> np.ndarray:
+    """One image as ``H x W x C`` uint8, converted to ``mode`` and resized to ``size`` (H, W).
+
+    The one place pixels are read from a file: image folders use it, and so do
+    ``predict`` and ``explain`` on image files, so a file is seen as in training.
+    """
     from PIL import Image
 
     try:
@@ -295,7 +299,7 @@ def _decode_chunk(
 ) -> np.ndarray:
     out = np.empty((len(files), shape[2], shape[0], shape[1]), np.uint8)
     for i, path in enumerate(files):
-        array = _open(path, mode, size)
+        array = read_image(path, mode, size)
         if array.shape != shape:
             raise DataError(
                 f"{path} is {array.shape[0]}x{array.shape[1]} but {first} is "
@@ -329,7 +333,7 @@ def decode_images(
         workers: decoding threads (default: up to 8, one per CPU core).
     """
     mode = {1: "L", 3: "RGB", None: None}[channels]
-    first = _open(files[0], mode, size)
+    first = read_image(files[0], mode, size)
     mode = mode or ("L" if first.shape[2] == 1 else "RGB")
     chunk = 500
     starts = range(0, len(files), chunk)

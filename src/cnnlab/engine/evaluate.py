@@ -194,26 +194,19 @@ def predict_split(
 
 
 def read_image_file(path: str | Path, in_channels: int, size: tuple[int, int]) -> torch.Tensor:
-    """An image file as uint8 C x H x W, converted to the run's channels and size."""
-    from PIL import Image, UnidentifiedImageError
+    """An image file as uint8 C x H x W, read as image folders read it (16-bit gray
+    scaled, not clipped), converted to the run's channels and resized to ``size``."""
+    from cnnlab.data.imagefolder import read_image
 
     path = Path(path)
+    if not path.is_file():
+        raise DataError(f"image file {str(path)!r} does not exist")
     try:
-        with Image.open(path) as img:
-            img = img.convert("L" if in_channels == 1 else "RGB").resize(
-                (size[1], size[0]), Image.BILINEAR
-            )
-            import numpy as np
-
-            arr = np.asarray(img, dtype=np.uint8)
-    except FileNotFoundError:
-        raise DataError(f"image file {str(path)!r} does not exist") from None
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
-        raise DataError(
-            f"cannot read image file {str(path)!r}: not a readable image ({type(exc).__name__})"
-        ) from None
-    t = torch.from_numpy(arr.copy())
-    return t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1).contiguous()
+        array = read_image(path, "L" if in_channels == 1 else "RGB", size)
+    except DataError as exc:
+        reason = str(exc).removeprefix(f"cannot decode image {path}: ")
+        raise DataError(f"cannot read image file {str(path)!r}: {reason}") from None
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
 
 
 @dataclass
