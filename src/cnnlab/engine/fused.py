@@ -1082,9 +1082,11 @@ def _train_epochs(
                 for i in range(spe - b0)
             ],
             dtype=torch.float64,
-        )
+        ).reshape(spe - b0, len(group.cfgs))
+        # Steps x members x 1, also with no step left (a run stopped after its epoch's
+        # last step and before the evaluation, whose empty lists would lose a dimension).
         coefs = {
-            name: t.to(device=device, dtype=torch.float32)[:, :, None]
+            name: t.to(device=device, dtype=torch.float32).reshape(spe - b0, len(group.cfgs), 1)
             for name, t in opt.coefficients(lrs, step0).items()
         }
         draws = (
