@@ -210,6 +210,24 @@ def test_a_group_stopped_after_an_epochs_last_step_resumes_at_its_evaluation(
             assert torch.equal(value, _weights(run.path)[key]), key
 
 
+def test_a_resumed_group_with_dropout_draws_the_uninterrupted_groups_masks(tmp_path, patch_splits):
+    # The default path of a small single run on CUDA (a group of one replaying a graph):
+    # resume must continue the generators the masks come from, as the trainer's does.
+    cfgs = _cfgs(MEMBERS[:2], "model=lenet5-modern", "model.dropout=0.5", "optim.lr=0.05")
+    whole = train_group(cfgs, [tmp_path / f"w{i}" for i in range(2)], splits=patch_splits)
+
+    def stop(event, info):
+        if event == "step" and (info["epoch"], info["batch"]) == (1, 3):
+            raise KeyboardInterrupt
+
+    dirs = [tmp_path / f"r{i}" for i in range(2)]
+    with pytest.raises(KeyboardInterrupt):
+        train_group(cfgs, dirs, splits=patch_splits, callback=stop)
+    runs = train_group(cfgs, dirs, splits=patch_splits, resume=True)
+    for run, w in zip(runs, whole):
+        assert _metric_rows(run) == _metric_rows(w)
+
+
 def test_early_stopping_members(tmp_path, patch_splits):
     members = [["train.seed=0", "optim.lr=1e-9"], ["train.seed=1", "optim.lr=0.05"]]
     cfgs = _cfgs(members, "model=lenet5-modern", "train.epochs=4", "train.patience=1")

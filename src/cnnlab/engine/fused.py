@@ -894,8 +894,11 @@ def _restore(group: _Group) -> None:
     """Load the members' last.pt; those still training must all stand at the same point.
 
     A member whose summary says it finished (completed or diverged) is left as it is.
+    The random number generators continue from the first restored member's checkpoint,
+    so a group with dropout draws the masks an uninterrupted group would have drawn.
     """
     points = []
+    rng = None
     for m in group.members:
         try:
             status = json.loads((m.path / "summary.json").read_text()).get("status")
@@ -918,6 +921,7 @@ def _restore(group: _Group) -> None:
         group.stack.load_member(m.index, saved["model"])
         group.load_optimizer_state(m.index, saved["optimizer"])
         m.state = TrainState(**saved["state"])
+        rng = saved["rng"] if rng is None else rng
         if used.name != "last.pt":
             m.notes.append(f"newest checkpoint unusable; resumed from {used.name}")
         points.append((m.state.epoch, m.state.batch, m.state.step))
@@ -927,6 +931,8 @@ def _restore(group: _Group) -> None:
             + ", ".join(str(p) for p in points)
             + "); resume them one by one with cnnlab train --resume"
         )
+    if rng is not None:
+        ckpt.set_rng_state(rng)
 
 
 GRAPH_NOTE = "training steps replayed as a CUDA graph"
