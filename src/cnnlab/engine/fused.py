@@ -725,7 +725,7 @@ class _Group:
             "optimizer": self.optimizer_state(m.index),
             "scaler": scaler.state_dict(),
             "state": m.state.to_dict(),
-            "rng": ckpt.rng_state(),
+            "rng": ckpt.rng_state(self.device),
             **ckpt.fingerprints(m.cfg),
         }
 
@@ -932,7 +932,7 @@ def _restore(group: _Group) -> None:
             + "); resume them one by one with cnnlab train --resume"
         )
     if rng is not None:
-        ckpt.set_rng_state(rng)
+        ckpt.set_rng_state(rng, group.device)
 
 
 GRAPH_NOTE = "training steps replayed as a CUDA graph"

@@ -498,7 +498,7 @@ def _train(
             if saved.get("scaler"):  # empty when written with the scaler off (not fp16)
                 scaler.load_state_dict(saved["scaler"])
             state = TrainState(**saved["state"])
-            ckpt.set_rng_state(saved["rng"])
+            ckpt.set_rng_state(saved["rng"], device)
             if used.name != "last.pt":
                 notes.append(f"newest checkpoint unusable; resumed from {used.name}")
     total_epochs = cfg.train.epochs
@@ -561,7 +561,7 @@ def _train(
             "optimizer": optimizer.state_dict(),
             "scaler": scaler.state_dict(),
             "state": state.to_dict(),
-            "rng": ckpt.rng_state(),
+            "rng": ckpt.rng_state(device),
             **ckpt.fingerprints(cfg),
         }
 
