@@ -228,6 +228,16 @@ def test_a_resumed_group_with_dropout_draws_the_uninterrupted_groups_masks(tmp_p
         assert _metric_rows(run) == _metric_rows(w)
 
 
+def test_resuming_a_finished_group_leaves_its_folders_untouched(tmp_path, patch_splits):
+    # As the trainer does: on CUDA a small single run resumes through a group of one.
+    cfgs = _cfgs(MEMBERS[:1])
+    (run,) = train_group(cfgs, [tmp_path / "r"], splits=patch_splits)
+    before = {p: p.read_bytes() for p in run.path.rglob("*") if p.is_file()}
+    (again,) = train_group(cfgs, [tmp_path / "r"], splits=patch_splits, resume=True)
+    assert again.status == "completed"
+    assert {p: p.read_bytes() for p in run.path.rglob("*") if p.is_file()} == before
+
+
 def test_early_stopping_members(tmp_path, patch_splits):
     members = [["train.seed=0", "optim.lr=1e-9"], ["train.seed=1", "optim.lr=0.05"]]
     cfgs = _cfgs(members, "model=lenet5-modern", "train.epochs=4", "train.patience=1")

@@ -849,12 +849,13 @@ def train_group(
         log.info(note)
         emit("note", {"text": note})
     for m in members:
+        if m.status == "done":
+            continue  # finished before this resume: its folder is left exactly as it is
         m.folder.write_config(m.cfg)
         for note in m.notes:
             m.folder.log(f"note: {note}")
         m.folder.log(f"config: {m.cfg.short()}")
-        if m.status == "running":
-            write_summary(m, "running")
+        write_summary(m, "running")
     start = next((m.state for m in members if m.status == "running"), members[0].state)
     emit(
         "start",
