@@ -184,6 +184,60 @@ def test_interrupted_members_resume_with_the_trainer_and_the_group(tmp_path, pat
         _assert_close_weights(_weights(run.path), _weights(s.path))
 
 
+@pytest.mark.parametrize("optim", ["sgd", "adam"])
+def test_a_group_stopped_after_an_epochs_last_step_resumes_at_its_evaluation(
+    tmp_path, patch_splits, optim
+):
+    # Ctrl-C after the last step of epoch 1 and before its evaluation leaves last.pt at
+    # batch 8 of 8 (the trainer resumes such a run, tests/engine/test_resume.py): the
+    # group then has no step left in that epoch, and its per-step tables are empty.
+    cfgs = _cfgs(
+        [["train.seed=0", "optim.lr=0.01"], ["train.seed=1", "optim.lr=0.02"]], f"optim={optim}"
+    )
+    whole = train_group(cfgs, [tmp_path / f"w{i}" for i in range(2)], splits=patch_splits)
+
+    def stop(event, info):
+        if event == "step" and (info["epoch"], info["batch"]) == (1, info["steps"]):
+            raise KeyboardInterrupt
+
+    dirs = [tmp_path / f"g{i}" for i in range(2)]
+    with pytest.raises(KeyboardInterrupt):
+        train_group(cfgs, dirs, splits=patch_splits, callback=stop)
+    runs = train_group(cfgs, dirs, splits=patch_splits, resume=True)
+    for run, w in zip(runs, whole):
+        assert run.status == "completed" and _metric_rows(run) == _metric_rows(w)
+        for key, value in _weights(w.path).items():
+            assert torch.equal(value, _weights(run.path)[key]), key
+
+
+def test_a_resumed_group_with_dropout_draws_the_uninterrupted_groups_masks(tmp_path, patch_splits):
+    # The default path of a small single run on CUDA (a group of one replaying a graph):
+    # resume must continue the generators the masks come from, as the trainer's does.
+    cfgs = _cfgs(MEMBERS[:2], "model=lenet5-modern", "model.dropout=0.5", "optim.lr=0.05")
+    whole = train_group(cfgs, [tmp_path / f"w{i}" for i in range(2)], splits=patch_splits)
+
+    def stop(event, info):
+        if event == "step" and (info["epoch"], info["batch"]) == (1, 3):
+            raise KeyboardInterrupt
+
+    dirs = [tmp_path / f"r{i}" for i in range(2)]
+    with pytest.raises(KeyboardInterrupt):
+        train_group(cfgs, dirs, splits=patch_splits, callback=stop)
+    runs = train_group(cfgs, dirs, splits=patch_splits, resume=True)
+    for run, w in zip(runs, whole):
+        assert _metric_rows(run) == _metric_rows(w)
+
+
+def test_resuming_a_finished_group_leaves_its_folders_untouched(tmp_path, patch_splits):
+    # As the trainer does: on CUDA a small single run resumes through a group of one.
+    cfgs = _cfgs(MEMBERS[:1])
+    (run,) = train_group(cfgs, [tmp_path / "r"], splits=patch_splits)
+    before = {p: p.read_bytes() for p in run.path.rglob("*") if p.is_file()}
+    (again,) = train_group(cfgs, [tmp_path / "r"], splits=patch_splits, resume=True)
+    assert again.status == "completed"
+    assert {p: p.read_bytes() for p in run.path.rglob("*") if p.is_file()} == before
+
+
 def test_early_stopping_members(tmp_path, patch_splits):
     members = [["train.seed=0", "optim.lr=1e-9"], ["train.seed=1", "optim.lr=0.05"]]
     cfgs = _cfgs(members, "model=lenet5-modern", "train.epochs=4", "train.patience=1")

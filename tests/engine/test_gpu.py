@@ -55,6 +55,9 @@ class _NoSyncInsideEpoch:
     "extra", [("model=lenet5",), ("model=lenet5-bn", "data.augment.hflip=0.5")]
 )
 def test_graph_replay_equals_eager_steps(tmp_path, patch_splits, extra):
+    # Batch 48: five full batches replay the graph, the last one (16 images) runs eagerly
+    # on the same sums and weights after the capture.
+    extra = (*extra, "train.batch_size=48")
     eager = train_group(
         _cfgs(*extra, "train.cuda_graph=false"),
         [tmp_path / f"e{i}" for i in range(2)],
@@ -126,3 +129,35 @@ def test_eager_trainer_does_not_sync_inside_an_epoch(tmp_path, patch_splits):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert guard.checked > 0 and run.status == "completed"
+
+
+@pytest.mark.parametrize("graph", ["true", "false"])
+def test_a_run_with_dropout_resumes_to_the_uninterrupted_numbers(tmp_path, patch_splits, graph):
+    # Ctrl-C after the capture (step 4), then resume: the masks must come from the generator
+    # the checkpoint saved (the group's, or this GPU's for the eager trainer).
+    overrides = [
+        *BASE,
+        "model=lenet5-modern",
+        "model.dropout=0.5",
+        "optim.lr=0.05",
+        f"train.cuda_graph={graph}",
+    ]
+    whole = train(load_config(overrides=overrides), run_dir=tmp_path / "w", splits=patch_splits)
+
+    def stop(event, info):
+        if event == "step" and (info["epoch"], info["batch"]) == (1, 5):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(
+            load_config(overrides=overrides),
+            run_dir=tmp_path / "r",
+            splits=patch_splits,
+            callback=stop,
+        )
+    assert "cuda_run" in ckpt.load_checkpoint(tmp_path / "r" / "checkpoints" / "last.pt")["rng"]
+    resumed = train(None, run_dir=tmp_path / "r", resume=True, splits=patch_splits)
+    assert len(resumed.metrics) == len(whole.metrics) == 2
+    for a, b in zip(whole.metrics, resumed.metrics):
+        for key in ("train_loss", "val_loss"):
+            assert math.isclose(a[key], b[key], rel_tol=1e-4, abs_tol=1e-6), (key, a, b)

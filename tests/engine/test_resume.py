@@ -94,6 +94,27 @@ def test_cuda_rng_states_of_gpus_this_process_does_not_see_are_dropped(monkeypat
     assert [int(s[0]) for s in restored] == [0, 1]
 
 
+def test_a_run_resumed_on_another_gpu_continues_its_own_gpus_generator(monkeypatch):
+    # A study's worker on cuda:0 may resume a run interrupted on cuda:1: the generator the
+    # run used (cuda:1's) must continue on cuda:0, not the one cuda:0 had in the old process.
+    gpus = {i: torch.full((8,), i, dtype=torch.uint8) for i in range(2)}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [gpus[0], gpus[1]])
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: gpus[device.index].clone())
+    state = ckpt.rng_state(torch.device("cuda", 1))
+    gpus[1] += 10  # what the run drew after the checkpoint is gone
+
+    def set_state(new, device):
+        gpus[device.index] = new
+
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: None)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", set_state)
+    ckpt.set_rng_state(state, torch.device("cuda", 0))
+    assert int(gpus[0][0]) == 1
+
+
 def _interrupted_then_resumed(run_dir: Path, event: str, when) -> None:
     """Ctrl-C (in process) at the first ``event`` for which ``when(info)`` holds, then resume."""
     from cnnlab.config import load_config

@@ -197,6 +197,28 @@ def test_divergence_read_once_per_epoch_gives_the_same_record(tmp_path, patch_sp
     assert once["steps"] == every["steps"] == every["diverged"]["step"] - 1
 
 
+def test_an_interrupt_after_an_unread_divergence_keeps_the_checkpoint_before_it(
+    tmp_path, patch_splits, monkeypatch
+):
+    # On accelerators the flag is read at the epoch end: Ctrl-C after a non-finite step and
+    # before that read must not save the NaN weights as the point to resume from, or the
+    # resumed run records its first step after the resume as the divergence.
+    monkeypatch.setattr("cnnlab.engine.trainer.check_every_step", lambda device: False)
+    cfg = _cfg("optim.lr=50", "train.epochs=3")
+    whole = train(cfg, run_dir=tmp_path / "whole", splits=patch_splits).summary
+    assert whole["diverged"]["step"] < 6  # the interrupt below comes after it
+
+    def stop(event, info):
+        if event == "step" and info["batch"] == 6:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, run_dir=tmp_path / "r", splits=patch_splits, callback=stop)
+    assert not (tmp_path / "r" / "checkpoints" / "last.pt").exists()
+    resumed = train(None, run_dir=tmp_path / "r", resume=True, splits=patch_splits).summary
+    assert resumed["diverged"] == whole["diverged"]
+
+
 def test_per_epoch_augmentation_draws_equal_per_batch_transforms(patch_splits):
     # The trainer takes an epoch's crops and flips up front; they must be the very draws of
     # the per-batch transforms in cnnlab.data.transforms with each batch's generator.

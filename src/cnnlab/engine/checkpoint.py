@@ -185,8 +185,12 @@ def load_latest_good(folder: Path, stem: str = "last") -> tuple[dict[str, Any], 
     raise CheckpointError(f"no checkpoint {stem}.pt in {str(folder)!r}")
 
 
-def rng_state() -> dict[str, Any]:
-    """Every global RNG state, as tensors and plain data (weights_only-loadable)."""
+def rng_state(device: torch.device | None = None) -> dict[str, Any]:
+    """Every global RNG state, as tensors and plain data (weights_only-loadable).
+
+    ``device``: the run's device; on CUDA its generator is also kept on its own
+    (``cuda_run``), because a run may resume on another GPU (see :func:`set_rng_state`).
+    """
     np_state = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
@@ -201,6 +205,8 @@ def rng_state() -> dict[str, Any]:
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
+        if device is not None and device.type == "cuda":
+            state["cuda_run"] = torch.cuda.get_rng_state(device)
     return state
 
 
@@ -222,7 +228,13 @@ def resumes(saved: Mapping[str, Any], cfg: Any) -> bool:
     return saved.get("config_fingerprint") == cfg.fingerprint()
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> None:
+    """Restore :func:`rng_state`; ``device`` is the resumed run's device.
+
+    A run saved on ``cuda:0`` and resumed on ``cuda:1`` continues its own GPU's
+    generator on ``cuda:1`` (the per-GPU list alone would give ``cuda:1`` the
+    state of a generator the run never used).
+    """
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
     np.random.set_state(
@@ -238,6 +250,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
     if "cuda" in state and torch.cuda.is_available():
         # One state per GPU the saving process saw; this one may see fewer.
         torch.cuda.set_rng_state_all(state["cuda"][: torch.cuda.device_count()])
+    if "cuda_run" in state and device is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda_run"], device)
 
 
 def _python_state_to_tensor(state: tuple) -> dict[str, Any]:

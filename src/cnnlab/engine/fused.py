@@ -725,7 +725,7 @@ class _Group:
             "optimizer": self.optimizer_state(m.index),
             "scaler": scaler.state_dict(),
             "state": m.state.to_dict(),
-            "rng": ckpt.rng_state(),
+            "rng": ckpt.rng_state(self.device),
             **ckpt.fingerprints(m.cfg),
         }
 
@@ -849,12 +849,13 @@ def train_group(
         log.info(note)
         emit("note", {"text": note})
     for m in members:
+        if m.status == "done":
+            continue  # finished before this resume: its folder is left exactly as it is
         m.folder.write_config(m.cfg)
         for note in m.notes:
             m.folder.log(f"note: {note}")
         m.folder.log(f"config: {m.cfg.short()}")
-        if m.status == "running":
-            write_summary(m, "running")
+        write_summary(m, "running")
     start = next((m.state for m in members if m.status == "running"), members[0].state)
     emit(
         "start",
@@ -894,8 +895,11 @@ def _restore(group: _Group) -> None:
     """Load the members' last.pt; those still training must all stand at the same point.
 
     A member whose summary says it finished (completed or diverged) is left as it is.
+    The random number generators continue from the first restored member's checkpoint,
+    so a group with dropout draws the masks an uninterrupted group would have drawn.
     """
     points = []
+    rng = None
     for m in group.members:
         try:
             status = json.loads((m.path / "summary.json").read_text()).get("status")
@@ -918,6 +922,7 @@ def _restore(group: _Group) -> None:
         group.stack.load_member(m.index, saved["model"])
         group.load_optimizer_state(m.index, saved["optimizer"])
         m.state = TrainState(**saved["state"])
+        rng = saved["rng"] if rng is None else rng
         if used.name != "last.pt":
             m.notes.append(f"newest checkpoint unusable; resumed from {used.name}")
         points.append((m.state.epoch, m.state.batch, m.state.step))
@@ -927,6 +932,8 @@ def _restore(group: _Group) -> None:
             + ", ".join(str(p) for p in points)
             + "); resume them one by one with cnnlab train --resume"
         )
+    if rng is not None:
+        ckpt.set_rng_state(rng, group.device)
 
 
 GRAPH_NOTE = "training steps replayed as a CUDA graph"
@@ -1082,9 +1089,11 @@ def _train_epochs(
                 for i in range(spe - b0)
             ],
             dtype=torch.float64,
-        )
+        ).reshape(spe - b0, len(group.cfgs))
+        # Steps x members x 1, also with no step left (a run stopped after its epoch's
+        # last step and before the evaluation, whose empty lists would lose a dimension).
         coefs = {
-            name: t.to(device=device, dtype=torch.float32)[:, :, None]
+            name: t.to(device=device, dtype=torch.float32).reshape(spe - b0, len(group.cfgs), 1)
             for name, t in opt.coefficients(lrs, step0).items()
         }
         draws = (

@@ -498,7 +498,7 @@ def _train(
             if saved.get("scaler"):  # empty when written with the scaler off (not fp16)
                 scaler.load_state_dict(saved["scaler"])
             state = TrainState(**saved["state"])
-            ckpt.set_rng_state(saved["rng"])
+            ckpt.set_rng_state(saved["rng"], device)
             if used.name != "last.pt":
                 notes.append(f"newest checkpoint unusable; resumed from {used.name}")
     total_epochs = cfg.train.epochs
@@ -561,7 +561,7 @@ def _train(
             "optimizer": optimizer.state_dict(),
             "scaler": scaler.state_dict(),
             "state": state.to_dict(),
-            "rng": ckpt.rng_state(),
+            "rng": ckpt.rng_state(device),
             **ckpt.fingerprints(cfg),
         }
 
@@ -576,6 +576,7 @@ def _train(
     # Whether the current epoch's training time is not yet in epoch_seconds/train_seconds
     # (an interrupt then adds it; after the batch loop it is in, and must not count twice).
     epoch_open = False
+    nonfinite: torch.Tensor | None = None  # the current epoch's divergence flag
     try:
         for epoch in range(state.epoch, last_epoch):
             t_epoch = time.perf_counter()
@@ -774,26 +775,33 @@ def _train(
                 emit("note", {"text": note})
                 break
     except KeyboardInterrupt:
-        if state.batch == 0:
-            # Between epochs (the last one's numbers are in its row): nothing is partial.
-            state.partial = {}
+        # On an accelerator the flag is read at the epoch's end, so this epoch may have
+        # gone non-finite before the interrupt. Its NaN weights are no point to resume
+        # from: last.pt keeps the one before, and the resumed run diverges at the same
+        # step again and records it (not the first step after the resume).
+        unseen_divergence = nonfinite is not None and bool(nonfinite.item())
+        where = f"epoch {state.epoch + 1} batch {state.batch}"
+        if unseen_divergence:
+            where += " after a non-finite loss in this epoch (the checkpoint before it is kept)"
         else:
-            # Keep the partial epoch so --resume continues at the next batch.
-            elapsed = time.perf_counter() - t_epoch if epoch_open else 0.0
-            state.train_seconds += elapsed
-            state.partial = {
-                "loss_sum": float(loss_sum.item()),
-                "correct": int(correct.item()),
-                "seen": seen,
-                "seconds": epoch_seconds + elapsed,
-            }
-        save_last()
+            if state.batch == 0:
+                # Between epochs (the last one's numbers are in its row): nothing is partial.
+                state.partial = {}
+            else:
+                # Keep the partial epoch so --resume continues at the next batch.
+                elapsed = time.perf_counter() - t_epoch if epoch_open else 0.0
+                state.train_seconds += elapsed
+                state.partial = {
+                    "loss_sum": float(loss_sum.item()),
+                    "correct": int(correct.item()),
+                    "seen": seen,
+                    "seconds": epoch_seconds + elapsed,
+                }
+            save_last()
         folder.write_metrics(state.rows)
         folder.write_summary(summary("interrupted"))
         folder.write_curves(state.rows, title=path.name)
-        folder.log(
-            f"interrupted at epoch {state.epoch + 1} batch {state.batch}; resume with: cnnlab train --resume {path}"
-        )
+        folder.log(f"interrupted at {where}; resume with: cnnlab train --resume {path}")
         raise
 
     if status == "completed" and state.rows and state.rows[-1].get("test_acc") is None:
