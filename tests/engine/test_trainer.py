@@ -278,3 +278,37 @@ def test_deterministic_mode_does_not_outlive_its_run():
         assert not torch.are_deterministic_algorithms_enabled()
     finally:
         torch.use_deterministic_algorithms(False)
+
+
+class _NoDoubles(torch.utils._python_dispatch.TorchDispatchMode):
+    """Fails on any op that makes a float64 tensor, as Apple's MPS device does."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in torch.utils._pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.dtype == torch.float64:
+                raise AssertionError(f"{func} made a float64 tensor")
+        return out
+
+
+def test_a_device_without_float64_trains_with_float32_sums(tmp_path, patch_splits, monkeypatch):
+    """MPS has no float64: sums there are float32, and no other double tensor is made."""
+    from cnnlab.engine import trainer
+
+    assert trainer.sum_dtype(torch.device("mps")) == torch.float32
+    assert trainer.sum_dtype(torch.device("cpu")) == torch.float64
+    double = train(_cfg("train.epochs=1"), run_dir=tmp_path / "d", splits=patch_splits)
+    monkeypatch.setattr(trainer, "sum_dtype", lambda device: torch.float32)
+    with _NoDoubles():
+        single = train(_cfg("train.epochs=1"), run_dir=tmp_path / "s", splits=patch_splits)
+    a, b = read_metrics(double.path / "metrics.csv"), read_metrics(single.path / "metrics.csv")
+    for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
+        assert b[0][key] == pytest.approx(a[0][key], rel=1e-5), key
+
+
+def test_cuda_graphs_asked_for_on_cpu_are_ignored_with_a_note(tmp_path, patch_splits):
+    run = train(
+        _cfg("train.epochs=1", "train.cuda_graph=true"), run_dir=tmp_path / "g", splits=patch_splits
+    )
+    assert run.status == "completed"
+    assert any("train.cuda_graph=true needs CUDA" in n for n in run.summary["notes"])

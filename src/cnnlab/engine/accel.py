@@ -115,6 +115,28 @@ def keep_freed_host_memory(device: torch.device) -> bool:
     return _host_tuned
 
 
+def cuda_only_notes(precision: str, cuda_graph: bool | str, device: torch.device) -> list[str]:
+    """Notes for a run's summary: settings asked for that only CUDA has, ignored on ``device``."""
+    if device.type == "cuda":
+        return []
+    notes = []
+    if precision != "fp32":
+        notes.append(f"train.precision={precision} needs CUDA; running fp32 on {device.type}")
+    if cuda_graph is True:
+        notes.append(f"train.cuda_graph=true needs CUDA; running eagerly on {device.type}")
+    return notes
+
+
+def sum_dtype(device: torch.device) -> torch.dtype:
+    """The dtype of an epoch's loss sums on ``device``: float64, except on Apple's MPS.
+
+    A float32 sum of tens of thousands of per-batch losses drifts in its last
+    digits, so sums are kept in double; MPS has no float64 at all (a double
+    tensor there is an error), and its float32 sums are rounded like a CPU's.
+    """
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
 def check_every_step(device: torch.device) -> bool:
     """Whether the divergence flag is read after every step (else once per epoch)."""
     return device.type == "cpu"
@@ -136,7 +158,8 @@ def use_cuda_graph(setting: bool | Literal["auto"], device: torch.device, compil
     """Whether fused groups (and single runs on CUDA, as groups of one) replay steps as graphs.
 
     ``auto`` means on CUDA unless the step is already compiled (torch.compile
-    manages its own graphs); ``True`` on another device is ignored with a note.
+    manages its own graphs); ``True`` on another device is ignored with a note
+    (:func:`cuda_only_notes`).
     """
     if device.type != "cuda":
         return False

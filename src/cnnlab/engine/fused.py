@@ -792,10 +792,7 @@ def train_group(
     accel.keep_freed_host_memory(device)
     accel.make_current(device)
     notes: list[str] = [f"trained in a fused group of {len(cfgs)}"] if len(cfgs) > 1 else []
-    if device.type != "cuda" and cfg.train.precision != "fp32":
-        notes.append(
-            f"train.precision={cfg.train.precision} needs CUDA; running fp32 on {device.type}"
-        )
+    notes += accel.cuda_only_notes(cfg.train.precision, cfg.train.cuda_graph, device)
     if cfg.train.channels_last is True:
         notes.append(
             "train.channels_last is ignored in a fused group (its convolutions are grouped over the members)"

@@ -34,10 +34,12 @@ from cnnlab.engine import checkpoint as ckpt
 from cnnlab.engine import distributed as D
 from cnnlab.engine.accel import (
     check_every_step,
+    cuda_only_notes,
     keep_freed_host_memory,
     make_current,
     release_device_memory,
     single_run_as_graph,
+    sum_dtype,
     use_channels_last,
 )
 from cnnlab.engine.batches import BatchPipeline, epoch_draws, eval_batches, train_batches
@@ -256,12 +258,12 @@ def evaluate_tensors(
     images, labels = D.shard(images, ctx), D.shard(labels, ctx)
     was_training = model.training
     model.eval()
-    loss_sum = torch.zeros((), device=images.device, dtype=torch.float64)
+    loss_sum = torch.zeros((), device=images.device, dtype=sum_dtype(images.device))
     correct = torch.zeros((), device=images.device, dtype=torch.int64)
     for x, y in eval_batches(images, labels, batch_size):
         with autocast or torch.autocast(images.device.type, enabled=False):
             out = model(pipeline(x))
-        loss_sum += F.cross_entropy(out.float(), y, reduction="sum").double()
+        loss_sum += F.cross_entropy(out.float(), y, reduction="sum").to(loss_sum.dtype)
         correct += (out.argmax(1) == y).sum()
     model.train(was_training)
     D.all_reduce_sum(loss_sum, correct)
@@ -416,10 +418,7 @@ def _train(
     if not ctx.is_main:
         emit = lambda event, info: None
     notes: list[str] = []
-    if device.type != "cuda" and cfg.train.precision != "fp32":
-        notes.append(
-            f"train.precision={cfg.train.precision} needs CUDA; running fp32 on {device.type}"
-        )
+    notes += cuda_only_notes(cfg.train.precision, cfg.train.cuda_graph, device)
 
     seed_everything(cfg.train.seed, cfg.train.deterministic)
 
@@ -582,7 +581,7 @@ def _train(
             t_epoch = time.perf_counter()
             epoch_open = True
             p = state.partial or {}
-            loss_sum = torch.tensor(p.get("loss_sum", 0.0), device=device, dtype=torch.float64)
+            loss_sum = torch.tensor(p.get("loss_sum", 0.0), device=device, dtype=sum_dtype(device))
             correct = torch.tensor(int(p.get("correct", 0)), device=device, dtype=torch.int64)
             seen = int(p.get("seen", 0))
             epoch_seconds = float(p.get("seconds", 0.0))
@@ -665,7 +664,7 @@ def _train(
                 scaler.update()
                 # The batch's sums first, then the position: an interrupt between them
                 # must not leave a trained batch out of the epoch's numbers.
-                loss_sum += loss.detach().double() * len(yb)
+                loss_sum += loss.detach().to(loss_sum.dtype) * len(yb)
                 correct += (out.detach().argmax(1) == yb).sum()
                 seen += len(yb)
                 state.step += 1
