@@ -134,3 +134,35 @@ def test_errors(tmp_path: Path) -> None:
     (bad / "spec.yaml").write_text(json.dumps({"name": "x", "metric": "f1"}))
     with pytest.raises(StudyError, match="metric 'f1'"):
         write_report(bad)
+
+
+def test_a_failed_report_leaves_the_previous_one_whole(
+    study_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    copy = _copy_runs(study_dir, tmp_path / "study", ("base", "activation"))
+    shutil.copy(study_dir / "spec.yaml", copy / "spec.yaml")
+    paths = write_report(copy)
+    before = {p.name: p.read_bytes() for p in paths["figures"].iterdir()}
+    texts = {k: paths[k].read_bytes() for k in ("markdown", "html", "csv")}
+
+    def fail(*args: object, **kwargs: object) -> str:
+        raise OSError(28, "No space left on device")
+
+    # Half-way: the figures and the Markdown are built, the HTML cannot be written.
+    monkeypatch.setattr("cnnlab.report.render.to_html", fail)
+    with pytest.raises(StudyError, match="No space left on device"):
+        write_report(copy)
+    monkeypatch.undo()
+    # A spec that no longer reads: the report fails before anything is drawn.
+    spec = yaml.safe_load((copy / "spec.yaml").read_text())
+    (copy / "spec.yaml").write_text(yaml.safe_dump({**spec, "metric": "f1"}))
+    with pytest.raises(StudyError, match="metric 'f1'"):
+        write_report(copy)
+    assert {p.name: p.read_bytes() for p in paths["figures"].iterdir()} == before
+    assert {k: paths[k].read_bytes() for k in ("markdown", "html", "csv")} == texts
+    assert sorted(p.name for p in paths["markdown"].parent.iterdir()) == [
+        "figures",
+        "report.html",
+        "report.md",
+        "runs.csv",
+    ]

@@ -9,7 +9,10 @@ once as a :class:`~cnnlab.report.document.Document` and rendered twice.
 from __future__ import annotations
 
 import math
+import os
 import re
+import shutil
+import tempfile
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
@@ -52,32 +55,53 @@ def write_report(study_dir: str | Path, out_dir: str | Path | None = None) -> di
     if not (study_dir / "spec.yaml").is_file() and not (study_dir / "runs").is_dir():
         raise StudyError(f"{str(study_dir)!r} is not a study folder (no spec.yaml and no runs/)")
     out = Path(out_dir) if out_dir is not None else study_dir / "report"
-    figures = out / "figures"
     try:
-        figures.mkdir(parents=True, exist_ok=True)
-        for old in figures.glob("*.png"):
-            old.unlink()  # a factor removed from the spec must not leave a stale figure
+        out.mkdir(parents=True, exist_ok=True)
+        # Everything is built in a hidden folder beside the old report and moved in
+        # only when complete: a report that fails half-way (an unreadable spec, a
+        # full disk) leaves the previous report and its figures as they were.
+        stage = Path(tempfile.mkdtemp(prefix=".report-", dir=out))
     except OSError as exc:
         raise StudyError(
             f"cannot write the report to {str(out)!r}: {exc.strerror or exc}"
         ) from None
-    runs = stats.collect_runs(study_dir)
-    document = build_document(study_dir, figures, runs)
-    paths = {
+    try:
+        runs = stats.collect_runs(study_dir)
+        document = build_document(study_dir, stage / "figures", runs)
+        (stage / "report.md").write_text(to_markdown(document, stage), encoding="utf-8")
+        (stage / "report.html").write_text(to_html(document), encoding="utf-8")
+        stats.long_csv(runs, stage / "runs.csv")
+        _publish(stage, out)
+    except OSError as exc:
+        raise StudyError(
+            f"cannot write the report to {str(out)!r}: {exc.strerror or exc}"
+        ) from None
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return {
         "markdown": out / "report.md",
         "html": out / "report.html",
         "csv": out / "runs.csv",
-        "figures": figures,
+        "figures": out / "figures",
     }
-    try:
-        paths["markdown"].write_text(to_markdown(document, out), encoding="utf-8")
-        paths["html"].write_text(to_html(document), encoding="utf-8")
-        stats.long_csv(runs, paths["csv"])
-    except OSError as exc:
-        raise StudyError(
-            f"cannot write the report to {str(out)!r}: {exc.strerror or exc}"
-        ) from None
-    return paths
+
+
+def _publish(stage: Path, out: Path) -> None:
+    """Move a complete staged report into ``out`` by renames (same file system).
+
+    Old PNGs go first (a factor removed from the spec must not leave a stale
+    figure); other files a user keeps in ``figures/`` stay.
+    """
+    figures = out / "figures"
+    figures.mkdir(exist_ok=True)
+    new = {p.name: p for p in (stage / "figures").glob("*.png")}
+    for old in figures.glob("*.png"):
+        if old.name not in new:
+            old.unlink()
+    for name, path in new.items():
+        os.replace(path, figures / name)
+    for name in ("runs.csv", "report.html", "report.md"):
+        os.replace(stage / name, out / name)
 
 
 def build_document(
