@@ -166,3 +166,32 @@ def test_a_failed_report_leaves_the_previous_one_whole(
         "report.md",
         "runs.csv",
     ]
+
+
+def test_a_labelled_value_with_runs_is_not_called_missing(tmp_path: Path) -> None:
+    from tests.report.conftest import BASE_CONFIG, write_run, write_spec
+
+    study = tmp_path / "labelled"
+    # spec.yaml as cnnlab writes it: plain values, their labels under `companions`.
+    write_spec(
+        study,
+        {
+            "name": "labelled",
+            "base": {**BASE_CONFIG, "model": {**BASE_CONFIG["model"], "pool": "max"}},
+            "vary": {"model.pool": ["max", "avg"], "optim.name": ["sgd", "adam"]},
+            "companions": {"vary": {"model.pool": [None, {"label": "mean pool"}]}},
+            "repeats": 2,
+        },
+    )
+    for repeat in range(2):
+        write_run(study, f"base{repeat}", repeat=repeat)
+        write_run(
+            study,
+            f"avg{repeat}",
+            variant="model.pool=mean pool",
+            factors={"model.pool": "avg"},
+            repeat=repeat,
+        )
+    notes = write_report(study)["markdown"].read_text().split("## Notes on runs")[1]
+    assert "model.pool has no runs" not in notes
+    assert "Missing: optim.name has no runs yet for adam." in notes

@@ -328,11 +328,11 @@ def _missing_notes(runs: pd.DataFrame, spec: Mapping) -> list[str]:
     notes = []
     vary = spec.get("vary") if isinstance(spec.get("vary"), Mapping) else {}
     for factor, values in vary.items():
-        listed = values if isinstance(values, list) else [values]
+        listed = _listed_levels(spec, str(factor), values)
         present = set()
         if len(runs):
             present = set(stats.factor_levels(runs, str(factor))["level"].astype(str))
-        missing = [stats.format_value(v) for v in listed if stats.format_value(v) not in present]
+        missing = [text for text in listed if text not in present]
         if missing:
             notes.append(f"Missing: {factor} has no runs yet for {', '.join(missing)}.")
     repeats = spec.get("repeats")
@@ -342,6 +342,31 @@ def _missing_notes(runs: pd.DataFrame, spec: Mapping) -> list[str]:
             if group["derived_from"].isna().all() and have < repeats:
                 notes.append(f"Missing: {variant} has {have} of {repeats} repeats on disk.")
     return notes
+
+
+def _listed_levels(spec: Mapping, factor: str, values: Any) -> list[str]:
+    """The level text of each value a ``vary`` factor lists: its ``label`` when it has one.
+
+    Runs of a labelled value read as the label (that is how levels are told
+    apart), so comparing the bare value would call them missing. spec.yaml keeps
+    labels under ``companions`` (aligned by position); a hand-written spec may
+    still hold ``{value:, label:}`` entries.
+    """
+    listed = values if isinstance(values, list) else [values]
+    companions = _mapping(_mapping(spec.get("companions")).get("vary")).get(factor)
+    extras = companions if isinstance(companions, list) else []
+    texts = []
+    for i, value in enumerate(listed):
+        extra = _mapping(extras[i]) if i < len(extras) else {}
+        if isinstance(value, Mapping) and "value" in value:
+            extra, value = value, value["value"]
+        label = extra.get("label")
+        texts.append(str(label) if label is not None else stats.format_value(value))
+    return texts
+
+
+def _mapping(value: Any) -> Mapping:
+    return value if isinstance(value, Mapping) else {}
 
 
 def _derived_notes(runs: pd.DataFrame) -> list[str]:
