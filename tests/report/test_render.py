@@ -195,3 +195,32 @@ def test_a_labelled_value_with_runs_is_not_called_missing(tmp_path: Path) -> Non
     notes = write_report(study)["markdown"].read_text().split("## Notes on runs")[1]
     assert "model.pool has no runs" not in notes
     assert "Missing: optim.name has no runs yet for adam." in notes
+
+
+def test_small_nonzero_numbers_do_not_print_as_zero(tmp_path: Path) -> None:
+    from tests.report.conftest import BASE_CONFIG, write_run, write_spec
+
+    study = tmp_path / "close"
+    write_spec(
+        study,
+        {"name": "close", "base": BASE_CONFIG, "vary": {"optim.lr": [0.9, 0.5]}, "repeats": 2},
+    )
+    for repeat, (base_acc, lr_acc, seconds) in enumerate(
+        [(0.9, 0.9003, 10.0), (0.9002, 0.9005, 10.02)]
+    ):
+        final = {"train_acc": 0.95, "val_acc": 0.9, "train_seconds": seconds}
+        write_run(study, f"b{repeat}", repeat=repeat, final={**final, "test_acc": base_acc})
+        write_run(
+            study,
+            f"v{repeat}",
+            variant="optim.lr=0.5",
+            factors={"optim.lr": 0.5},
+            repeat=repeat,
+            final={**final, "test_acc": lr_acc},
+        )
+    text = write_report(study)["markdown"].read_text()
+    # Difference 0.0003 and spreads of 0.00014 are not "+0.000" and "0.000".
+    assert "| 0.5 | 2 | 0.900 ± 0.00014 | +0.0003 ± 0.001 | 0.168 |" in text
+    assert "| test acc | 0.900 ± 0.00014 | 0.900 ± 0.00014 |" in text
+    # Training times 10.00 and 10.02 s: std 0.014 s, not 0.0.
+    assert "10.0 ± 0.014 (CI ±0.1)" in text

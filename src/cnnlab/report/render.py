@@ -146,7 +146,7 @@ def _first(series: pd.Series) -> Any:
 def _num(value: Any, digits: int = 3) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "–"
-    return f"{value:.{digits}f}"
+    return stats.format_fixed(value, digits)
 
 
 def _pvalue(p: float) -> str:
@@ -226,8 +226,8 @@ def _mean_std(mean: float, std: float) -> str:
 def _signed(diff: float, ci: float) -> str:
     if not math.isfinite(diff):
         return "–"
-    text = f"{diff:+.3f}"
-    return text if not math.isfinite(ci) else f"{text} ± {ci:.3f}"
+    text = stats.format_fixed(diff, 3, sign="+")
+    return text if not math.isfinite(ci) else f"{text} ± {_num(ci)}"
 
 
 def _factor_sections(
@@ -277,9 +277,9 @@ def _variant_section(runs: pd.DataFrame) -> Section:
         for m in stats.METRICS:
             digits = 1 if m.endswith("seconds") else 3
             mean, std, ci = r[f"{m}_mean"], r[f"{m}_std"], r[f"{m}_ci95"]
-            text = "–" if not math.isfinite(mean) else f"{mean:.{digits}f}"
+            text = _num(mean, digits)
             if math.isfinite(std):
-                text += f" ± {std:.{digits}f} (CI ±{ci:.{digits}f})"
+                text += f" ± {_num(std, digits)} (CI ±{_num(ci, digits)})"
             cells.append(text)
         rows.append(tuple(str(c) for c in cells))
     caption = (

@@ -744,13 +744,26 @@ def _python(value: Any) -> Any:
 # --------------------------------------------------------------------------- tables
 
 
+def format_fixed(value: float, digits: int = 3, sign: str = "") -> str:
+    """``value`` with ``digits`` decimals, unless that would print a non-zero number as zero.
+
+    A spread of 0.0004 or a time difference of 0.04 s printed as ``0.000`` reads
+    as "no spread" or "no difference"; such numbers get two significant digits
+    instead. ``sign="+"`` always writes the sign (differences).
+    """
+    text = f"{value:{sign}.{digits}f}"
+    if value != 0 and math.isfinite(value) and float(text) == 0:
+        return f"{value:{sign}.2g}"
+    return text
+
+
 def format_mean_std(s: Summary, digits: int = 3) -> str:
     """``0.873 ± 0.004``; one run shows its value alone, none shows ``–``."""
     if s.n == 0:
         return "–"
     if s.n == 1:
-        return f"{s.mean:.{digits}f}"
-    return f"{s.mean:.{digits}f} ± {s.std:.{digits}f}"
+        return format_fixed(s.mean, digits)
+    return f"{format_fixed(s.mean, digits)} ± {format_fixed(s.std, digits)}"
 
 
 def wide_table(
