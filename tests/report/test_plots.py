@@ -68,3 +68,59 @@ def test_effects_plot_with_nothing_to_compare(study_dir: Path, tmp_path: Path) -
     runs = stats.collect_runs(study_dir)
     empty = stats.factor_effects(runs[runs["variant"] == "base"], "test_acc")
     assert plots.plot_effects(empty, "test_acc", tmp_path / "none.png").stat().st_size > 1000
+
+
+@pytest.fixture
+def drawn(monkeypatch: pytest.MonkeyPatch) -> list:
+    """The matplotlib Figures the plot functions save, to look at what they drew."""
+    figures: list = []
+    save = plots._save
+
+    def keep(fig: object, path: Path) -> Path:
+        figures.append(fig)
+        return save(fig, path)
+
+    monkeypatch.setattr(plots, "_save", keep)
+    return figures
+
+
+def test_numeric_factor_plot_shows_every_value_and_no_bar_for_one_run(
+    study_dir: Path, tmp_path: Path, drawn: list
+) -> None:
+    runs = stats.collect_runs(study_dir)
+    runs.loc[runs["variant"] == "optim.lr=0.1", "status"] = "pending"
+    plots.plot_factor(runs, "optim.lr", "test_acc", tmp_path / "lr.png")
+    ax = drawn[-1].axes[0]
+    # lr 1.7 has one completed run (two diverged): no ±std bar, which would claim no spread.
+    segments = ax.containers[0].lines[2][0].get_segments()
+    assert [float(s[0][0]) for s in segments if len(s)] == [0.9]
+    # lr 0.1 has no completed run: it is still on the axis, and says so.
+    low, high = ax.get_xlim()
+    assert low < 0.1 and high > 1.7
+    assert sorted(t.get_text() for t in ax.texts) == ["2 diverged", "no completed run"]
+
+
+def test_categorical_factor_plot_draws_no_zero_bar_for_a_value_without_runs(
+    study_dir: Path, tmp_path: Path, drawn: list
+) -> None:
+    from matplotlib.container import BarContainer
+
+    runs = stats.collect_runs(study_dir)
+    runs.loc[runs["variant"] == "model.activation=relu", "status"] = "pending"
+    plots.plot_factor(runs, "model.activation", "test_acc", tmp_path / "act.png")
+    ax = drawn[-1].axes[0]
+    (bars,) = [c for c in ax.containers if isinstance(c, BarContainer)]
+    heights = [p.get_height() for p in bars.patches]
+    assert heights[0] == pytest.approx(0.8, abs=0.02) and np.isnan(heights[1])
+    assert [t.get_text() for t in ax.texts] == ["no completed run"]
+
+
+def test_factor_plot_with_no_completed_run(study_dir: Path, tmp_path: Path, drawn: list) -> None:
+    runs = stats.collect_runs(study_dir)
+    runs["status"] = "diverged"
+    plots.plot_factor(runs, "train.batch_size", "test_acc", tmp_path / "bs.png")
+    ax = drawn[-1].axes[0]
+    low, high = ax.get_xlim()
+    assert low < 2 and high > 1024
+    assert "no completed runs yet" in [t.get_text() for t in ax.texts]
+    assert [t.get_text() for t in ax.texts].count("3 diverged") == 4

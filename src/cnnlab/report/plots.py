@@ -75,7 +75,8 @@ def _level_stats(members: pd.DataFrame, metric: str) -> pd.DataFrame:
                 "is_base": bool(group["is_base"].any()),
                 "n": s.n,
                 "mean": s.mean,
-                "std": 0.0 if math.isnan(s.std) else s.std,
+                # NaN for a single run: no bar, where a bar of 0 would claim "no spread".
+                "std": s.std,
             }
         )
     return pd.DataFrame(
@@ -84,15 +85,22 @@ def _level_stats(members: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 
 def _mark_diverged(ax: Any, x: Any, table: pd.DataFrame) -> None:
-    """Say on the plot where repeats diverged: their points are missing from the mean."""
+    """Say on the plot where repeats diverged, or a value has no completed run yet.
+
+    Their points are missing from the mean; a value without any would
+    otherwise just be absent (or, as a bar, look like a score of 0).
+    """
     for xi, (_, row) in zip(x, table.iterrows(), strict=True):
-        if row["n_diverged"]:
-            y = row["mean"] if math.isfinite(row["mean"]) else ax.get_ylim()[0]
+        if row["n_diverged"] or not row["n"]:
+            # Below the point, or just inside the bottom of the axes when there is none.
+            has_point = math.isfinite(row["mean"])
+            y = row["mean"] if has_point else ax.get_ylim()[0]
+            text = f"{row['n_diverged']} diverged" if row["n_diverged"] else "no completed run"
             ax.annotate(
-                f"{row['n_diverged']} diverged",
+                text,
                 (xi, y),
                 textcoords="offset points",
-                xytext=(0, -14),
+                xytext=(0, -14 if has_point else 4),
                 ha="center",
                 fontsize="x-small",
                 color=BASE_COLOR,
@@ -120,6 +128,10 @@ def plot_factor(runs: pd.DataFrame, factor: str, metric: str, path: str | Path) 
     fig = _figure(FIGSIZE)
     ax = fig.subplots()
     label = METRIC_LABELS.get(metric, metric)
+    if shown.empty:
+        ax.text(
+            0.5, 0.5, "no completed runs yet", ha="center", va="center", transform=ax.transAxes
+        )  # fmt: skip
     if is_numeric(table["value"]):
         x = shown["value"].astype(float).to_numpy()
         ax.errorbar(x, shown["mean"], yerr=shown["std"], fmt="o-", color=COLOR, capsize=3)
@@ -127,16 +139,20 @@ def plot_factor(runs: pd.DataFrame, factor: str, metric: str, path: str | Path) 
         ax.plot(
             base["value"].astype(float), base["mean"], "o", color=BASE_COLOR, label="base", zorder=3
         )
+        every = table["value"].astype(float).to_numpy()
         if use_log_scale(table["value"]):
             ax.set_xscale("log", base=2 if _powers_of_two(table["value"]) else 10)
-            # Tick the values actually run, written as in the spec (64, not 2^6).
-            ax.set_xticks(x, [format_value(v) for v in shown["value"]], minor=False)
+            # Tick every value of the factor, written as in the spec (64, not 2^6).
+            ax.set_xticks(every, [format_value(v) for v in table["value"]], minor=False)
             ax.minorticks_off()
-        _mark_diverged(ax, table["value"].astype(float), table)
+        if len(shown) < len(table):
+            _cover(ax, every, log=use_log_scale(table["value"]))
+        _mark_diverged(ax, every, table)
     else:
         positions = np.arange(len(table))
         colors = [BASE_COLOR if b else COLOR for b in table["is_base"]]
-        ax.bar(positions, table["mean"].fillna(0.0), yerr=table["std"], color=colors, capsize=3)
+        # A value without completed runs gets no bar (NaN), not a bar of height 0.
+        ax.bar(positions, table["mean"], yerr=table["std"], color=colors, capsize=3)
         ax.set_xticks(
             positions, [_short(t) for t in table["level"]], rotation=30 if len(table) > 4 else 0
         )
@@ -148,6 +164,17 @@ def plot_factor(runs: pd.DataFrame, factor: str, metric: str, path: str | Path) 
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize="small")
     return _save(fig, path)
+
+
+def _cover(ax: Any, values: np.ndarray, *, log: bool) -> None:
+    """Widen the x-axis to every value, also those with no point (nothing completed there)."""
+    low, high = float(values.min()), float(values.max())
+    if log:
+        span = (high / low) ** 0.05 if high > low else 2.0
+        ax.set_xlim(low / span, high * span)
+    else:
+        pad = 0.05 * (high - low) if high > low else 0.5 * max(abs(low), 1.0)
+        ax.set_xlim(low - pad, high + pad)
 
 
 def _powers_of_two(values: Any) -> bool:

@@ -249,7 +249,7 @@ def _factor_sections(
         )
         stem = f"{i:02d}-{_slug(factor)}"
         path = plots.plot_factor(runs, factor, metric, figures / f"{stem}-{metric}.png")
-        caption = f"{label} against {factor} (error bars: ±std over repeats; base in red)."
+        caption = f"{label} against {factor} (error bars: ±std over completed repeats, none for a single run; base in red)."
         blocks.append(Figure(path, caption))
         if len(curves):
             path = plots.plot_curves(runs, curves, factor, figures / f"{stem}-curves.png")
