@@ -124,3 +124,20 @@ def test_factor_plot_with_no_completed_run(study_dir: Path, tmp_path: Path, draw
     assert low < 2 and high > 1024
     assert "no completed runs yet" in [t.get_text() for t in ax.texts]
     assert [t.get_text() for t in ax.texts].count("3 diverged") == 4
+
+
+def test_effects_plot_draws_no_ci_bar_where_there_is_no_test(
+    study_dir: Path, tmp_path: Path, drawn: list
+) -> None:
+    effects = stats.factor_effects(stats.collect_runs(study_dir), "test_acc")
+    plots.plot_effects(effects, "test_acc", tmp_path / "effects.png")
+    ax = drawn[-1].axes[0]
+    shown = effects[~effects["is_base"] & effects["diff"].notna()]
+    tested = shown["diff_ci95"].notna()
+    assert 0 < tested.sum() < len(shown)  # lr 1.7 has one completed run: no test
+    from matplotlib.container import ErrorbarContainer
+
+    (bars,) = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    segments = [s for s in bars.lines[2][0].get_segments() if len(s)]
+    assert len(segments) == tested.sum()
+    assert all(abs(s[1][0] - s[0][0]) > 0 for s in segments)

@@ -278,7 +278,8 @@ def plot_effects(effects: pd.DataFrame, metric: str, path: str | Path) -> Path:
     y = np.arange(len(shown))[::-1]
     better = shown["diff"] > 0 if higher_is_better(metric) else shown["diff"] < 0
     colors = np.where(better, "#2ca02c", "#7f7f7f")
-    ax.barh(y, shown["diff"], xerr=shown["diff_ci95"].fillna(0.0), color=colors, capsize=2)
+    # No CI (fewer than two runs a side, no variance): no bar, not a bar of width 0.
+    ax.barh(y, shown["diff"], xerr=shown["diff_ci95"], color=colors, capsize=2)
     labels = [
         _short(f"{f} = {lv}", 40) for f, lv in zip(shown["factor"], shown["level"], strict=True)
     ]

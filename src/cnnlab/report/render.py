@@ -189,7 +189,7 @@ def _overview(
     caption = "Best value of each factor; a value with diverged runs is not picked while another is clean."
     blocks.append(_effects_table(best, label, caption, overview=True))
     path = plots.plot_effects(effects, metric, figures / "00-effects.png")
-    caption = f"Difference of {label} from the base for every factor value (95% CI, Welch)."
+    caption = f"Difference of {label} from the base for every factor value (95% CI, Welch; no bar where there is no test)."
     blocks.append(Figure(path, caption))
     return Section("Overview", tuple(blocks))
 
