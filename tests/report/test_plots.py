@@ -141,3 +141,18 @@ def test_effects_plot_draws_no_ci_bar_where_there_is_no_test(
     segments = [s for s in bars.lines[2][0].get_segments() if len(s)]
     assert len(segments) == tested.sum()
     assert all(abs(s[1][0] - s[0][0]) > 0 for s in segments)
+
+
+def test_a_label_with_newlines_is_drawn_on_one_line(
+    study_dir: Path, tmp_path: Path, drawn: list
+) -> None:
+    import warnings
+
+    runs = stats.collect_runs(study_dir)
+    relu = runs["variant"] == "model.activation=relu"
+    runs.loc[relu, "variant"] = "model.activation=re\r\nlu $x$"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. "Glyph 13 missing from font"
+        plots.plot_factor(runs, "model.activation", "test_acc", tmp_path / "act.png")
+    ticks = [t.get_text() for t in drawn[-1].axes[0].get_xticklabels()]
+    assert ticks == ["sigmoid", r"re lu \$x\$"]

@@ -183,8 +183,12 @@ def _powers_of_two(values: Any) -> bool:
 
 
 def _short(text: Any, limit: int = 24) -> str:
-    """Trim long labels; matplotlib text is drawn as pixels, never interpreted as markup."""
-    text = str(text).replace("$", r"\$")  # '$' would switch matplotlib to mathtext
+    """Trim long labels to one line; matplotlib text is drawn as pixels, never interpreted as markup.
+
+    A label's newlines would stack a tick label over its neighbours (and a
+    carriage return has no glyph), so whitespace runs become one space.
+    """
+    text = " ".join(str(text).split()).replace("$", r"\$")  # '$' would switch to mathtext
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
