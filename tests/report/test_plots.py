@@ -156,3 +156,13 @@ def test_a_label_with_newlines_is_drawn_on_one_line(
         plots.plot_factor(runs, "model.activation", "test_acc", tmp_path / "act.png")
     ticks = [t.get_text() for t in drawn[-1].axes[0].get_xticklabels()]
     assert ticks == ["sigmoid", r"re lu \$x\$"]
+
+
+def test_curves_plot_with_no_completed_run_says_so(
+    study_dir: Path, tmp_path: Path, drawn: list
+) -> None:
+    runs = stats.collect_runs(study_dir)
+    runs["status"] = "diverged"
+    plots.plot_curves(runs, stats.curves(study_dir), "optim.lr", tmp_path / "curves.png")
+    for ax in drawn[-1].axes:
+        assert [t.get_text() for t in ax.texts] == ["no completed runs yet"]

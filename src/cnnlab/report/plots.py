@@ -246,6 +246,11 @@ def plot_curves(
         ax.grid(alpha=0.3)
     if levels:
         axes[0][-1].legend(title=_short(factor, 30), fontsize="small", loc="best")
+    else:
+        for ax in axes[0]:  # empty axes alone would not say why
+            ax.text(
+                0.5, 0.5, "no completed runs yet", ha="center", va="center", transform=ax.transAxes
+            )  # fmt: skip
     fig.suptitle(_short(f"mean curves by {factor} (band: ±std)", 80))
     return _save(fig, path)
 
