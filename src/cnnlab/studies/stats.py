@@ -633,7 +633,8 @@ def factor_effects(
         The best level maximizes the mean (minimizes it for losses and times)
         among levels with completed runs and no diverged run; only if every
         level diverged somewhere are all completed levels considered, so a value
-        that blows up in some repeats does not win on its survivors.
+        that blows up in some repeats does not win on its survivors. Equal means go
+        to the base, then to the value the spec lists first (as `study combine` does).
     """
     base_runs = runs[(runs["variant"] == base_variant) & (runs["status"] == COMPLETED)]
     base_sample = _finite(base_runs[metric])
@@ -641,10 +642,13 @@ def factor_effects(
     rows = []
     for factor in factor_names(runs):
         members = factor_levels(runs, factor, base_variant)
-        block = [
-            _effect_row(factor, str(level), group, metric, base_sample, no_base)
-            for level, group in members.groupby("level", observed=True, sort=True)
-        ]
+        block = []
+        for level, group in members.groupby("level", observed=True, sort=True):
+            row = _effect_row(factor, str(level), group, metric, base_sample, no_base)
+            # Tie-break for the best level (not an output column): the base, then spec order.
+            rank = group["value_rank"].min() if "value_rank" in group else math.nan
+            row["_order"] = (0 if row["is_base"] else 1, rank if pd.notna(rank) else math.inf)
+            block.append(row)
         _mark_best(block, metric)
         rows.extend(block)
     return pd.DataFrame(rows, columns=EFFECT_COLUMNS)
@@ -712,7 +716,12 @@ def _mark_best(block: list[dict], metric: str) -> None:
     if not pool:
         return
     sign = 1.0 if higher_is_better(metric) else -1.0
-    max(pool, key=lambda r: sign * r["mean"])["best"] = True
+    top = max(sign * r["mean"] for r in pool)
+    # Equal means (a constant predictor scores the same at every value) go to the base,
+    # then to the value listed first: the choice `study combine` makes, so the report's
+    # best value is the one that was combined.
+    tied = [r for r in pool if sign * r["mean"] == top]
+    min(tied, key=lambda r: r.get("_order", (1, math.inf)))["best"] = True
 
 
 def best_values(effects: pd.DataFrame) -> dict[str, Any]:
