@@ -166,3 +166,36 @@ def test_curves_plot_with_no_completed_run_says_so(
     plots.plot_curves(runs, stats.curves(study_dir), "optim.lr", tmp_path / "curves.png")
     for ax in drawn[-1].axes:
         assert [t.get_text() for t in ax.texts] == ["no completed runs yet"]
+
+
+def test_grid_points_are_told_apart_on_the_axis_and_in_the_legend(
+    tmp_path: Path, drawn: list
+) -> None:
+    from tests.report.conftest import BASE_CONFIG, write_run, write_spec
+
+    study = tmp_path / "grid"
+    grid = {"model.activation": ["sigmoid", "relu"], "model.pool": ["avg", "max"]}
+    base = {**BASE_CONFIG, "model": {**BASE_CONFIG["model"], "pool": "avg"}}
+    write_spec(study, {"name": "grid", "base": base, "grid": grid, "repeats": 1})
+    write_run(study, "base", epochs=1)
+    points = [("sigmoid", "max"), ("relu", "avg"), ("relu", "max")]
+    for activation, pool in points:
+        write_run(
+            study,
+            f"{activation}-{pool}",
+            variant=f"model.activation={activation},model.pool={pool}",
+            factors={"model.activation": activation, "model.pool": pool},
+            epochs=1,
+        )
+    runs = stats.collect_runs(study)
+    (factor,) = stats.factor_names(runs)
+    plots.plot_factor(runs, factor, "test_acc", tmp_path / "grid.png")
+    ticks = [t.get_text() for t in drawn[-1].axes[0].get_xticklabels()]
+    assert ticks == ["base", "sigmoid, max", "relu, avg", "relu, max"]
+    plots.plot_curves(runs, stats.curves(study), factor, tmp_path / "curves.png")
+    axes = drawn[-1].axes
+    legend = [t.get_text() for t in axes[-1].get_legend().get_texts()]
+    assert legend == ["base", "sigmoid, max", "relu, avg", "relu, max"]
+    # One epoch: each curve is a visible point, on an axis that reads "1".
+    assert all(line.get_marker() == "o" for line in axes[0].get_lines())
+    assert [t.get_text() for t in axes[0].get_xticklabels()] == ["1"]

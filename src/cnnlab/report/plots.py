@@ -19,12 +19,14 @@ from cnnlab.studies.stats import (
     BASE,
     COMPLETED,
     DIVERGED,
+    GROUP_SEPARATOR,
     METRIC_LABELS,
     factor_levels,
     format_value,
     higher_is_better,
     is_numeric,
     summarize,
+    value_column,
 )
 
 FIGSIZE = (6.0, 3.8)
@@ -63,7 +65,7 @@ def _save(fig: Any, path: str | Path) -> Path:
     return path
 
 
-def _level_stats(members: pd.DataFrame, metric: str) -> pd.DataFrame:
+def _level_stats(members: pd.DataFrame, metric: str, factor: str = "") -> pd.DataFrame:
     rows = []
     for level, group in members.groupby("level", observed=True, sort=True):
         s = summarize(group.loc[group["status"] == COMPLETED, metric])
@@ -71,6 +73,7 @@ def _level_stats(members: pd.DataFrame, metric: str) -> pd.DataFrame:
             {
                 "n_diverged": int((group["status"] == DIVERGED).sum()),
                 "level": str(level),
+                "tick": _tick_text(factor, str(level), group),
                 "value": group["level_value"].iloc[0],
                 "is_base": bool(group["is_base"].any()),
                 "n": s.n,
@@ -80,8 +83,22 @@ def _level_stats(members: pd.DataFrame, metric: str) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(
-        rows, columns=["level", "value", "is_base", "n", "n_diverged", "mean", "std"]
+        rows, columns=["level", "tick", "value", "is_base", "n", "n_diverged", "mean", "std"]
     )
+
+
+def _tick_text(factor: str, level: str, group: pd.DataFrame) -> str:
+    """A level as a tick label: a grid point shows its values alone (``sigmoid, avg``).
+
+    Its level text repeats every key (``model.activation=sigmoid,model.pool=avg``),
+    so once trimmed all points of a grid would read alike; the axis label names
+    the keys. The base and named variants keep their names.
+    """
+    keys = factor.split(GROUP_SEPARATOR)
+    columns = [value_column(k) for k in keys]
+    if len(keys) < 2 or not level.startswith(f"{keys[0]}=") or not set(columns) <= set(group):
+        return level
+    return ", ".join(format_value(group[c].iloc[0]) for c in columns)
 
 
 def _mark_diverged(ax: Any, x: Any, table: pd.DataFrame) -> None:
@@ -123,7 +140,7 @@ def plot_factor(runs: pd.DataFrame, factor: str, metric: str, path: str | Path) 
     Returns:
         The written path.
     """
-    table = _level_stats(factor_levels(runs, factor), metric)
+    table = _level_stats(factor_levels(runs, factor), metric, factor)
     shown = table[table["n"] > 0]
     fig = _figure(FIGSIZE)
     ax = fig.subplots()
@@ -153,9 +170,9 @@ def plot_factor(runs: pd.DataFrame, factor: str, metric: str, path: str | Path) 
         colors = [BASE_COLOR if b else COLOR for b in table["is_base"]]
         # A value without completed runs gets no bar (NaN), not a bar of height 0.
         ax.bar(positions, table["mean"], yerr=table["std"], color=colors, capsize=3)
-        ax.set_xticks(
-            positions, [_short(t) for t in table["level"]], rotation=30 if len(table) > 4 else 0
-        )
+        ticks = [_short(t) for t in table["tick"]]
+        crowded = len(ticks) > 4 or sum(len(t) for t in ticks) > 48
+        ax.set_xticks(positions, ticks, rotation=30 if crowded else 0)
         ax.plot([], [], "s", color=BASE_COLOR, label="base")
         _mark_diverged(ax, positions, table)
     ax.set_xlabel(_short(factor, 60))
@@ -218,8 +235,8 @@ def plot_curves(
     from matplotlib.ticker import MaxNLocator
 
     members = factor_levels(runs, factor)
-    members = members[members["status"] == COMPLETED][["key", "level"]]
-    data = curves.merge(members, on="key", how="inner")
+    members = members[members["status"] == COMPLETED]
+    data = curves.merge(members[["key", "level"]], on="key", how="inner")
     fig = _figure((FIGSIZE[0] * 1.6, FIGSIZE[1]))
     axes = fig.subplots(1, len(metrics), squeeze=False)
     cmap = colormaps["viridis"]
@@ -236,12 +253,19 @@ def plot_curves(
                 continue
             color = cmap(i / max(len(levels) - 1, 1))
             std = stats["std"].fillna(0.0)
-            ax.plot(stats.index, stats["mean"], color=color, label=_short(level))
+            label = _short(_tick_text(factor, level, members[members["level"] == level]))
+            # A one-epoch curve is a single point: a line alone would not show it.
+            marker = "o" if len(stats) == 1 else None
+            ax.plot(stats.index, stats["mean"], color=color, label=label, marker=marker)
             ax.fill_between(
                 stats.index, stats["mean"] - std, stats["mean"] + std, color=color, alpha=0.2
             )
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if data["epoch"].nunique() == 1:  # else the axis spans 0.95..1.05 in odd ticks
+            epoch = int(data["epoch"].iloc[0])
+            ax.set_xlim(epoch - 0.5, epoch + 0.5)
+            ax.set_xticks([epoch])
         ax.set_ylabel(METRIC_LABELS.get(metric, metric))
         ax.grid(alpha=0.3)
     if levels:
