@@ -199,3 +199,31 @@ def test_grid_points_are_told_apart_on_the_axis_and_in_the_legend(
     # One epoch: each curve is a visible point, on an axis that reads "1".
     assert all(line.get_marker() == "o" for line in axes[0].get_lines())
     assert [t.get_text() for t in axes[0].get_xticklabels()] == ["1"]
+
+
+def test_effects_plot_tells_grid_points_apart(tmp_path: Path, drawn: list) -> None:
+    import pandas as pd
+
+    group = "model.activation × model.pool"
+    effects = pd.DataFrame(
+        {
+            "factor": [group, group, group, "optim.lr"],
+            "level": [
+                "model.activation=sigmoid,model.pool=max",
+                "model.activation=relu,model.pool=avg",
+                "best",
+                "0.1",
+            ],
+            "is_base": False,
+            "diff": [0.01, -0.02, 0.03, 0.04],
+            "diff_ci95": 0.01,
+        }
+    )
+    plots.plot_effects(effects, "test_acc", tmp_path / "effects.png")
+    labels = [t.get_text() for t in drawn[-1].axes[0].get_yticklabels()]
+    assert labels == [
+        "activation=sigmoid,pool=max",
+        "activation=relu,pool=avg",
+        "best",
+        "optim.lr = 0.1",
+    ]

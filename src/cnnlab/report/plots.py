@@ -194,6 +194,22 @@ def _cover(ax: Any, values: np.ndarray, *, log: bool) -> None:
         ax.set_xlim(low - pad, high + pad)
 
 
+def _effect_label(factor: str, level: str) -> str:
+    """``optim.lr = 0.1``; a grid point as ``activation=relu,pool=max``; a named variant by its name.
+
+    ``factor = level`` of a grid point repeats every full key twice, so after
+    trimming all points of a grid would read alike.
+    """
+    keys = factor.split(GROUP_SEPARATOR)
+    if len(keys) == 1:
+        return f"{factor} = {level}"
+    if not level.startswith(f"{keys[0]}="):
+        return level  # a named variant, or the best combination
+    for key in keys:
+        level = level.replace(f"{key}=", f"{key.rsplit('.', 1)[-1]}=")
+    return level
+
+
 def _powers_of_two(values: Any) -> bool:
     array = np.asarray(list(values), dtype=float)
     return bool(np.all(array > 0)) and bool(np.allclose(np.log2(array), np.round(np.log2(array))))
@@ -314,7 +330,8 @@ def plot_effects(effects: pd.DataFrame, metric: str, path: str | Path) -> Path:
     # No CI (fewer than two runs a side, no variance): no bar, not a bar of width 0.
     ax.barh(y, shown["diff"], xerr=shown["diff_ci95"], color=colors, capsize=2)
     labels = [
-        _short(f"{f} = {lv}", 40) for f, lv in zip(shown["factor"], shown["level"], strict=True)
+        _short(_effect_label(f, lv), 40)
+        for f, lv in zip(shown["factor"], shown["level"], strict=True)
     ]
     ax.set_yticks(y, labels, fontsize="small")
     ax.axvline(0.0, color="black", linewidth=0.8)
