@@ -81,6 +81,7 @@ def test_markdown_escapes_markup(hostile_report: dict[str, Path]) -> None:
         ("{{7*7}}", "{{7\\*7}}"),
         ("a|b", "a\\|b"),
         ("two\nlines", "two lines"),
+        ("lr=$x^2$", "lr=\\$x^2\\$"),  # GitHub renders $...$ as math
     ],
 )
 def test_markdown_escape(text: str, expected: str) -> None:

@@ -134,3 +134,93 @@ def test_errors(tmp_path: Path) -> None:
     (bad / "spec.yaml").write_text(json.dumps({"name": "x", "metric": "f1"}))
     with pytest.raises(StudyError, match="metric 'f1'"):
         write_report(bad)
+
+
+def test_a_failed_report_leaves_the_previous_one_whole(
+    study_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    copy = _copy_runs(study_dir, tmp_path / "study", ("base", "activation"))
+    shutil.copy(study_dir / "spec.yaml", copy / "spec.yaml")
+    paths = write_report(copy)
+    before = {p.name: p.read_bytes() for p in paths["figures"].iterdir()}
+    texts = {k: paths[k].read_bytes() for k in ("markdown", "html", "csv")}
+
+    def fail(*args: object, **kwargs: object) -> str:
+        raise OSError(28, "No space left on device")
+
+    # Half-way: the figures and the Markdown are built, the HTML cannot be written.
+    monkeypatch.setattr("cnnlab.report.render.to_html", fail)
+    with pytest.raises(StudyError, match="No space left on device"):
+        write_report(copy)
+    monkeypatch.undo()
+    # A spec that no longer reads: the report fails before anything is drawn.
+    spec = yaml.safe_load((copy / "spec.yaml").read_text())
+    (copy / "spec.yaml").write_text(yaml.safe_dump({**spec, "metric": "f1"}))
+    with pytest.raises(StudyError, match="metric 'f1'"):
+        write_report(copy)
+    assert {p.name: p.read_bytes() for p in paths["figures"].iterdir()} == before
+    assert {k: paths[k].read_bytes() for k in ("markdown", "html", "csv")} == texts
+    assert sorted(p.name for p in paths["markdown"].parent.iterdir()) == [
+        "figures",
+        "report.html",
+        "report.md",
+        "runs.csv",
+    ]
+
+
+def test_a_labelled_value_with_runs_is_not_called_missing(tmp_path: Path) -> None:
+    from tests.report.conftest import BASE_CONFIG, write_run, write_spec
+
+    study = tmp_path / "labelled"
+    # spec.yaml as cnnlab writes it: plain values, their labels under `companions`.
+    write_spec(
+        study,
+        {
+            "name": "labelled",
+            "base": {**BASE_CONFIG, "model": {**BASE_CONFIG["model"], "pool": "max"}},
+            "vary": {"model.pool": ["max", "avg"], "optim.name": ["sgd", "adam"]},
+            "companions": {"vary": {"model.pool": [None, {"label": "mean pool"}]}},
+            "repeats": 2,
+        },
+    )
+    for repeat in range(2):
+        write_run(study, f"base{repeat}", repeat=repeat)
+        write_run(
+            study,
+            f"avg{repeat}",
+            variant="model.pool=mean pool",
+            factors={"model.pool": "avg"},
+            repeat=repeat,
+        )
+    notes = write_report(study)["markdown"].read_text().split("## Notes on runs")[1]
+    assert "model.pool has no runs" not in notes
+    assert "Missing: optim.name has no runs yet for adam." in notes
+
+
+def test_small_nonzero_numbers_do_not_print_as_zero(tmp_path: Path) -> None:
+    from tests.report.conftest import BASE_CONFIG, write_run, write_spec
+
+    study = tmp_path / "close"
+    write_spec(
+        study,
+        {"name": "close", "base": BASE_CONFIG, "vary": {"optim.lr": [0.9, 0.5]}, "repeats": 2},
+    )
+    for repeat, (base_acc, lr_acc, seconds) in enumerate(
+        [(0.9, 0.9003, 10.0), (0.9002, 0.9005, 10.02)]
+    ):
+        final = {"train_acc": 0.95, "val_acc": 0.9, "train_seconds": seconds}
+        write_run(study, f"b{repeat}", repeat=repeat, final={**final, "test_acc": base_acc})
+        write_run(
+            study,
+            f"v{repeat}",
+            variant="optim.lr=0.5",
+            factors={"optim.lr": 0.5},
+            repeat=repeat,
+            final={**final, "test_acc": lr_acc},
+        )
+    text = write_report(study)["markdown"].read_text()
+    # Difference 0.0003 and spreads of 0.00014 are not "+0.000" and "0.000".
+    assert "| 0.5 | 2 | 0.900 ± 0.00014 | +0.0003 ± 0.001 | 0.168 |" in text
+    assert "| test acc | 0.900 ± 0.00014 | 0.900 ± 0.00014 |" in text
+    # Training times 10.00 and 10.02 s: std 0.014 s, not 0.0.
+    assert "10.0 ± 0.014 (CI ±0.1)" in text

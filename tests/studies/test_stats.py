@@ -452,3 +452,24 @@ def test_format_value_of_numpy_scalars() -> None:
     assert (
         stats.format_value(np.int64(256)) == "256" and stats.format_value(np.float64(0.5)) == "0.5"
     )
+
+
+def test_equal_means_make_the_base_best_then_the_first_listed_value(tmp_path: Path) -> None:
+    # A model that predicts one class scores the same at every value: no value beats the base,
+    # and `study combine` (base first, then spec order) keeps the base.
+    spec = {**SPEC, "vary": {"train.batch_size": [1024, 2, 64]}}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    for r, acc in enumerate([0.1, 0.12]):
+        _write_run(tmp_path, f"b{r}", "base", {}, r, test_acc=acc)
+        for size in (1024, 2):
+            factors = {"train.batch_size": size}
+            _write_run(
+                tmp_path, f"s{size}-{r}", f"train.batch_size={size}", factors, r, test_acc=acc
+            )
+    effects = stats.factor_effects(stats.collect_runs(tmp_path), "test_acc")
+    assert effects.loc[effects["best"], "variant"].tolist() == ["base"]
+    assert stats.best_values(effects) == {"train.batch_size": 256}
+    no_base = stats.collect_runs(tmp_path)
+    no_base = no_base[no_base["variant"] != "base"]
+    effects = stats.factor_effects(no_base, "test_acc")
+    assert effects.loc[effects["best"], "variant"].tolist() == ["train.batch_size=1024"]

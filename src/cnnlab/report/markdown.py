@@ -2,7 +2,8 @@
 
 Markdown viewers render raw HTML and links, so user text is escaped too:
 ``<``, ``>`` and ``&`` become entities (no tag can start) and Markdown
-punctuation gets a backslash (no link, emphasis or table cell can be forged).
+punctuation gets a backslash (no link, emphasis, table cell or ``$...$`` math,
+which GitHub renders, can be forged).
 The spec goes into a fenced block longer than any backtick run inside it.
 """
 
@@ -15,7 +16,7 @@ from pathlib import Path
 from cnnlab.report.document import Bullets, Code, Document, Figure, Paragraph, Section, Table
 
 _ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
-_PUNCTUATION = re.compile(r"([\\`*_\[\]|~])")
+_PUNCTUATION = re.compile(r"([\\`*_\[\]|~$])")
 _LINE_START = re.compile(r"^([#+\-=]|\d+[.)])")
 
 

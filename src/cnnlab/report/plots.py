@@ -19,12 +19,14 @@ from cnnlab.studies.stats import (
     BASE,
     COMPLETED,
     DIVERGED,
+    GROUP_SEPARATOR,
     METRIC_LABELS,
     factor_levels,
     format_value,
     higher_is_better,
     is_numeric,
     summarize,
+    value_column,
 )
 
 FIGSIZE = (6.0, 3.8)
@@ -63,7 +65,7 @@ def _save(fig: Any, path: str | Path) -> Path:
     return path
 
 
-def _level_stats(members: pd.DataFrame, metric: str) -> pd.DataFrame:
+def _level_stats(members: pd.DataFrame, metric: str, factor: str = "") -> pd.DataFrame:
     rows = []
     for level, group in members.groupby("level", observed=True, sort=True):
         s = summarize(group.loc[group["status"] == COMPLETED, metric])
@@ -71,28 +73,51 @@ def _level_stats(members: pd.DataFrame, metric: str) -> pd.DataFrame:
             {
                 "n_diverged": int((group["status"] == DIVERGED).sum()),
                 "level": str(level),
+                "tick": _tick_text(factor, str(level), group),
                 "value": group["level_value"].iloc[0],
                 "is_base": bool(group["is_base"].any()),
                 "n": s.n,
                 "mean": s.mean,
-                "std": 0.0 if math.isnan(s.std) else s.std,
+                # NaN for a single run: no bar, where a bar of 0 would claim "no spread".
+                "std": s.std,
             }
         )
     return pd.DataFrame(
-        rows, columns=["level", "value", "is_base", "n", "n_diverged", "mean", "std"]
+        rows, columns=["level", "tick", "value", "is_base", "n", "n_diverged", "mean", "std"]
     )
 
 
+def _tick_text(factor: str, level: str, group: pd.DataFrame) -> str:
+    """A level as a tick label: a grid point shows its values alone (``sigmoid, avg``).
+
+    Its level text repeats every key (``model.activation=sigmoid,model.pool=avg``),
+    so once trimmed all points of a grid would read alike; the axis label names
+    the keys. The base and named variants keep their names.
+    """
+    keys = factor.split(GROUP_SEPARATOR)
+    columns = [value_column(k) for k in keys]
+    if len(keys) < 2 or not level.startswith(f"{keys[0]}=") or not set(columns) <= set(group):
+        return level
+    return ", ".join(format_value(group[c].iloc[0]) for c in columns)
+
+
 def _mark_diverged(ax: Any, x: Any, table: pd.DataFrame) -> None:
-    """Say on the plot where repeats diverged: their points are missing from the mean."""
+    """Say on the plot where repeats diverged, or a value has no completed run yet.
+
+    Their points are missing from the mean; a value without any would
+    otherwise just be absent (or, as a bar, look like a score of 0).
+    """
     for xi, (_, row) in zip(x, table.iterrows(), strict=True):
-        if row["n_diverged"]:
-            y = row["mean"] if math.isfinite(row["mean"]) else ax.get_ylim()[0]
+        if row["n_diverged"] or not row["n"]:
+            # Below the point, or just inside the bottom of the axes when there is none.
+            has_point = math.isfinite(row["mean"])
+            y = row["mean"] if has_point else ax.get_ylim()[0]
+            text = f"{row['n_diverged']} diverged" if row["n_diverged"] else "no completed run"
             ax.annotate(
-                f"{row['n_diverged']} diverged",
+                text,
                 (xi, y),
                 textcoords="offset points",
-                xytext=(0, -14),
+                xytext=(0, -14 if has_point else 4),
                 ha="center",
                 fontsize="x-small",
                 color=BASE_COLOR,
@@ -115,11 +140,15 @@ def plot_factor(runs: pd.DataFrame, factor: str, metric: str, path: str | Path) 
     Returns:
         The written path.
     """
-    table = _level_stats(factor_levels(runs, factor), metric)
+    table = _level_stats(factor_levels(runs, factor), metric, factor)
     shown = table[table["n"] > 0]
     fig = _figure(FIGSIZE)
     ax = fig.subplots()
     label = METRIC_LABELS.get(metric, metric)
+    if shown.empty:
+        ax.text(
+            0.5, 0.5, "no completed runs yet", ha="center", va="center", transform=ax.transAxes
+        )  # fmt: skip
     if is_numeric(table["value"]):
         x = shown["value"].astype(float).to_numpy()
         ax.errorbar(x, shown["mean"], yerr=shown["std"], fmt="o-", color=COLOR, capsize=3)
@@ -127,19 +156,23 @@ def plot_factor(runs: pd.DataFrame, factor: str, metric: str, path: str | Path) 
         ax.plot(
             base["value"].astype(float), base["mean"], "o", color=BASE_COLOR, label="base", zorder=3
         )
+        every = table["value"].astype(float).to_numpy()
         if use_log_scale(table["value"]):
             ax.set_xscale("log", base=2 if _powers_of_two(table["value"]) else 10)
-            # Tick the values actually run, written as in the spec (64, not 2^6).
-            ax.set_xticks(x, [format_value(v) for v in shown["value"]], minor=False)
+            # Tick every value of the factor, written as in the spec (64, not 2^6).
+            ax.set_xticks(every, [format_value(v) for v in table["value"]], minor=False)
             ax.minorticks_off()
-        _mark_diverged(ax, table["value"].astype(float), table)
+        if len(shown) < len(table):
+            _cover(ax, every, log=use_log_scale(table["value"]))
+        _mark_diverged(ax, every, table)
     else:
         positions = np.arange(len(table))
         colors = [BASE_COLOR if b else COLOR for b in table["is_base"]]
-        ax.bar(positions, table["mean"].fillna(0.0), yerr=table["std"], color=colors, capsize=3)
-        ax.set_xticks(
-            positions, [_short(t) for t in table["level"]], rotation=30 if len(table) > 4 else 0
-        )
+        # A value without completed runs gets no bar (NaN), not a bar of height 0.
+        ax.bar(positions, table["mean"], yerr=table["std"], color=colors, capsize=3)
+        ticks = [_short(t) for t in table["tick"]]
+        crowded = len(ticks) > 4 or sum(len(t) for t in ticks) > 48
+        ax.set_xticks(positions, ticks, rotation=30 if crowded else 0)
         ax.plot([], [], "s", color=BASE_COLOR, label="base")
         _mark_diverged(ax, positions, table)
     ax.set_xlabel(_short(factor, 60))
@@ -150,14 +183,45 @@ def plot_factor(runs: pd.DataFrame, factor: str, metric: str, path: str | Path) 
     return _save(fig, path)
 
 
+def _cover(ax: Any, values: np.ndarray, *, log: bool) -> None:
+    """Widen the x-axis to every value, also those with no point (nothing completed there)."""
+    low, high = float(values.min()), float(values.max())
+    if log:
+        span = (high / low) ** 0.05 if high > low else 2.0
+        ax.set_xlim(low / span, high * span)
+    else:
+        pad = 0.05 * (high - low) if high > low else 0.5 * max(abs(low), 1.0)
+        ax.set_xlim(low - pad, high + pad)
+
+
+def _effect_label(factor: str, level: str) -> str:
+    """``optim.lr = 0.1``; a grid point as ``activation=relu,pool=max``; a named variant by its name.
+
+    ``factor = level`` of a grid point repeats every full key twice, so after
+    trimming all points of a grid would read alike.
+    """
+    keys = factor.split(GROUP_SEPARATOR)
+    if len(keys) == 1:
+        return f"{factor} = {level}"
+    if not level.startswith(f"{keys[0]}="):
+        return level  # a named variant, or the best combination
+    for key in keys:
+        level = level.replace(f"{key}=", f"{key.rsplit('.', 1)[-1]}=")
+    return level
+
+
 def _powers_of_two(values: Any) -> bool:
     array = np.asarray(list(values), dtype=float)
     return bool(np.all(array > 0)) and bool(np.allclose(np.log2(array), np.round(np.log2(array))))
 
 
 def _short(text: Any, limit: int = 24) -> str:
-    """Trim long labels; matplotlib text is drawn as pixels, never interpreted as markup."""
-    text = str(text).replace("$", r"\$")  # '$' would switch matplotlib to mathtext
+    """Trim long labels to one line; matplotlib text is drawn as pixels, never interpreted as markup.
+
+    A label's newlines would stack a tick label over its neighbours (and a
+    carriage return has no glyph), so whitespace runs become one space.
+    """
+    text = " ".join(str(text).split()).replace("$", r"\$")  # '$' would switch to mathtext
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -187,8 +251,8 @@ def plot_curves(
     from matplotlib.ticker import MaxNLocator
 
     members = factor_levels(runs, factor)
-    members = members[members["status"] == COMPLETED][["key", "level"]]
-    data = curves.merge(members, on="key", how="inner")
+    members = members[members["status"] == COMPLETED]
+    data = curves.merge(members[["key", "level"]], on="key", how="inner")
     fig = _figure((FIGSIZE[0] * 1.6, FIGSIZE[1]))
     axes = fig.subplots(1, len(metrics), squeeze=False)
     cmap = colormaps["viridis"]
@@ -205,16 +269,28 @@ def plot_curves(
                 continue
             color = cmap(i / max(len(levels) - 1, 1))
             std = stats["std"].fillna(0.0)
-            ax.plot(stats.index, stats["mean"], color=color, label=_short(level))
+            label = _short(_tick_text(factor, level, members[members["level"] == level]))
+            # A one-epoch curve is a single point: a line alone would not show it.
+            marker = "o" if len(stats) == 1 else None
+            ax.plot(stats.index, stats["mean"], color=color, label=label, marker=marker)
             ax.fill_between(
                 stats.index, stats["mean"] - std, stats["mean"] + std, color=color, alpha=0.2
             )
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if data["epoch"].nunique() == 1:  # else the axis spans 0.95..1.05 in odd ticks
+            epoch = int(data["epoch"].iloc[0])
+            ax.set_xlim(epoch - 0.5, epoch + 0.5)
+            ax.set_xticks([epoch])
         ax.set_ylabel(METRIC_LABELS.get(metric, metric))
         ax.grid(alpha=0.3)
     if levels:
         axes[0][-1].legend(title=_short(factor, 30), fontsize="small", loc="best")
+    else:
+        for ax in axes[0]:  # empty axes alone would not say why
+            ax.text(
+                0.5, 0.5, "no completed runs yet", ha="center", va="center", transform=ax.transAxes
+            )  # fmt: skip
     fig.suptitle(_short(f"mean curves by {factor} (band: ±std)", 80))
     return _save(fig, path)
 
@@ -251,9 +327,11 @@ def plot_effects(effects: pd.DataFrame, metric: str, path: str | Path) -> Path:
     y = np.arange(len(shown))[::-1]
     better = shown["diff"] > 0 if higher_is_better(metric) else shown["diff"] < 0
     colors = np.where(better, "#2ca02c", "#7f7f7f")
-    ax.barh(y, shown["diff"], xerr=shown["diff_ci95"].fillna(0.0), color=colors, capsize=2)
+    # No CI (fewer than two runs a side, no variance): no bar, not a bar of width 0.
+    ax.barh(y, shown["diff"], xerr=shown["diff_ci95"], color=colors, capsize=2)
     labels = [
-        _short(f"{f} = {lv}", 40) for f, lv in zip(shown["factor"], shown["level"], strict=True)
+        _short(_effect_label(f, lv), 40)
+        for f, lv in zip(shown["factor"], shown["level"], strict=True)
     ]
     ax.set_yticks(y, labels, fontsize="small")
     ax.axvline(0.0, color="black", linewidth=0.8)

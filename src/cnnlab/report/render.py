@@ -9,7 +9,10 @@ once as a :class:`~cnnlab.report.document.Document` and rendered twice.
 from __future__ import annotations
 
 import math
+import os
 import re
+import shutil
+import tempfile
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
@@ -52,32 +55,53 @@ def write_report(study_dir: str | Path, out_dir: str | Path | None = None) -> di
     if not (study_dir / "spec.yaml").is_file() and not (study_dir / "runs").is_dir():
         raise StudyError(f"{str(study_dir)!r} is not a study folder (no spec.yaml and no runs/)")
     out = Path(out_dir) if out_dir is not None else study_dir / "report"
-    figures = out / "figures"
     try:
-        figures.mkdir(parents=True, exist_ok=True)
-        for old in figures.glob("*.png"):
-            old.unlink()  # a factor removed from the spec must not leave a stale figure
+        out.mkdir(parents=True, exist_ok=True)
+        # Everything is built in a hidden folder beside the old report and moved in
+        # only when complete: a report that fails half-way (an unreadable spec, a
+        # full disk) leaves the previous report and its figures as they were.
+        stage = Path(tempfile.mkdtemp(prefix=".report-", dir=out))
     except OSError as exc:
         raise StudyError(
             f"cannot write the report to {str(out)!r}: {exc.strerror or exc}"
         ) from None
-    runs = stats.collect_runs(study_dir)
-    document = build_document(study_dir, figures, runs)
-    paths = {
+    try:
+        runs = stats.collect_runs(study_dir)
+        document = build_document(study_dir, stage / "figures", runs)
+        (stage / "report.md").write_text(to_markdown(document, stage), encoding="utf-8")
+        (stage / "report.html").write_text(to_html(document), encoding="utf-8")
+        stats.long_csv(runs, stage / "runs.csv")
+        _publish(stage, out)
+    except OSError as exc:
+        raise StudyError(
+            f"cannot write the report to {str(out)!r}: {exc.strerror or exc}"
+        ) from None
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return {
         "markdown": out / "report.md",
         "html": out / "report.html",
         "csv": out / "runs.csv",
-        "figures": figures,
+        "figures": out / "figures",
     }
-    try:
-        paths["markdown"].write_text(to_markdown(document, out), encoding="utf-8")
-        paths["html"].write_text(to_html(document), encoding="utf-8")
-        stats.long_csv(runs, paths["csv"])
-    except OSError as exc:
-        raise StudyError(
-            f"cannot write the report to {str(out)!r}: {exc.strerror or exc}"
-        ) from None
-    return paths
+
+
+def _publish(stage: Path, out: Path) -> None:
+    """Move a complete staged report into ``out`` by renames (same file system).
+
+    Old PNGs go first (a factor removed from the spec must not leave a stale
+    figure); other files a user keeps in ``figures/`` stay.
+    """
+    figures = out / "figures"
+    figures.mkdir(exist_ok=True)
+    new = {p.name: p for p in (stage / "figures").glob("*.png")}
+    for old in figures.glob("*.png"):
+        if old.name not in new:
+            old.unlink()
+    for name, path in new.items():
+        os.replace(path, figures / name)
+    for name in ("runs.csv", "report.html", "report.md"):
+        os.replace(stage / name, out / name)
 
 
 def build_document(
@@ -122,7 +146,7 @@ def _first(series: pd.Series) -> Any:
 def _num(value: Any, digits: int = 3) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "–"
-    return f"{value:.{digits}f}"
+    return stats.format_fixed(value, digits)
 
 
 def _pvalue(p: float) -> str:
@@ -165,7 +189,7 @@ def _overview(
     caption = "Best value of each factor; a value with diverged runs is not picked while another is clean."
     blocks.append(_effects_table(best, label, caption, overview=True))
     path = plots.plot_effects(effects, metric, figures / "00-effects.png")
-    caption = f"Difference of {label} from the base for every factor value (95% CI, Welch)."
+    caption = f"Difference of {label} from the base for every factor value (95% CI, Welch; no bar where there is no test)."
     blocks.append(Figure(path, caption))
     return Section("Overview", tuple(blocks))
 
@@ -202,8 +226,8 @@ def _mean_std(mean: float, std: float) -> str:
 def _signed(diff: float, ci: float) -> str:
     if not math.isfinite(diff):
         return "–"
-    text = f"{diff:+.3f}"
-    return text if not math.isfinite(ci) else f"{text} ± {ci:.3f}"
+    text = stats.format_fixed(diff, 3, sign="+")
+    return text if not math.isfinite(ci) else f"{text} ± {_num(ci)}"
 
 
 def _factor_sections(
@@ -225,7 +249,7 @@ def _factor_sections(
         )
         stem = f"{i:02d}-{_slug(factor)}"
         path = plots.plot_factor(runs, factor, metric, figures / f"{stem}-{metric}.png")
-        caption = f"{label} against {factor} (error bars: ±std over repeats; base in red)."
+        caption = f"{label} against {factor} (error bars: ±std over completed repeats, none for a single run; base in red)."
         blocks.append(Figure(path, caption))
         if len(curves):
             path = plots.plot_curves(runs, curves, factor, figures / f"{stem}-curves.png")
@@ -253,9 +277,9 @@ def _variant_section(runs: pd.DataFrame) -> Section:
         for m in stats.METRICS:
             digits = 1 if m.endswith("seconds") else 3
             mean, std, ci = r[f"{m}_mean"], r[f"{m}_std"], r[f"{m}_ci95"]
-            text = "–" if not math.isfinite(mean) else f"{mean:.{digits}f}"
+            text = _num(mean, digits)
             if math.isfinite(std):
-                text += f" ± {std:.{digits}f} (CI ±{ci:.{digits}f})"
+                text += f" ± {_num(std, digits)} (CI ±{_num(ci, digits)})"
             cells.append(text)
         rows.append(tuple(str(c) for c in cells))
     caption = (
@@ -304,11 +328,11 @@ def _missing_notes(runs: pd.DataFrame, spec: Mapping) -> list[str]:
     notes = []
     vary = spec.get("vary") if isinstance(spec.get("vary"), Mapping) else {}
     for factor, values in vary.items():
-        listed = values if isinstance(values, list) else [values]
+        listed = _listed_levels(spec, str(factor), values)
         present = set()
         if len(runs):
             present = set(stats.factor_levels(runs, str(factor))["level"].astype(str))
-        missing = [stats.format_value(v) for v in listed if stats.format_value(v) not in present]
+        missing = [text for text in listed if text not in present]
         if missing:
             notes.append(f"Missing: {factor} has no runs yet for {', '.join(missing)}.")
     repeats = spec.get("repeats")
@@ -318,6 +342,31 @@ def _missing_notes(runs: pd.DataFrame, spec: Mapping) -> list[str]:
             if group["derived_from"].isna().all() and have < repeats:
                 notes.append(f"Missing: {variant} has {have} of {repeats} repeats on disk.")
     return notes
+
+
+def _listed_levels(spec: Mapping, factor: str, values: Any) -> list[str]:
+    """The level text of each value a ``vary`` factor lists: its ``label`` when it has one.
+
+    Runs of a labelled value read as the label (that is how levels are told
+    apart), so comparing the bare value would call them missing. spec.yaml keeps
+    labels under ``companions`` (aligned by position); a hand-written spec may
+    still hold ``{value:, label:}`` entries.
+    """
+    listed = values if isinstance(values, list) else [values]
+    companions = _mapping(_mapping(spec.get("companions")).get("vary")).get(factor)
+    extras = companions if isinstance(companions, list) else []
+    texts = []
+    for i, value in enumerate(listed):
+        extra = _mapping(extras[i]) if i < len(extras) else {}
+        if isinstance(value, Mapping) and "value" in value:
+            extra, value = value, value["value"]
+        label = extra.get("label")
+        texts.append(str(label) if label is not None else stats.format_value(value))
+    return texts
+
+
+def _mapping(value: Any) -> Mapping:
+    return value if isinstance(value, Mapping) else {}
 
 
 def _derived_notes(runs: pd.DataFrame) -> list[str]:

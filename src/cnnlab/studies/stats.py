@@ -633,7 +633,8 @@ def factor_effects(
         The best level maximizes the mean (minimizes it for losses and times)
         among levels with completed runs and no diverged run; only if every
         level diverged somewhere are all completed levels considered, so a value
-        that blows up in some repeats does not win on its survivors.
+        that blows up in some repeats does not win on its survivors. Equal means go
+        to the base, then to the value the spec lists first (as `study combine` does).
     """
     base_runs = runs[(runs["variant"] == base_variant) & (runs["status"] == COMPLETED)]
     base_sample = _finite(base_runs[metric])
@@ -641,10 +642,13 @@ def factor_effects(
     rows = []
     for factor in factor_names(runs):
         members = factor_levels(runs, factor, base_variant)
-        block = [
-            _effect_row(factor, str(level), group, metric, base_sample, no_base)
-            for level, group in members.groupby("level", observed=True, sort=True)
-        ]
+        block = []
+        for level, group in members.groupby("level", observed=True, sort=True):
+            row = _effect_row(factor, str(level), group, metric, base_sample, no_base)
+            # Tie-break for the best level (not an output column): the base, then spec order.
+            rank = group["value_rank"].min() if "value_rank" in group else math.nan
+            row["_order"] = (0 if row["is_base"] else 1, rank if pd.notna(rank) else math.inf)
+            block.append(row)
         _mark_best(block, metric)
         rows.extend(block)
     return pd.DataFrame(rows, columns=EFFECT_COLUMNS)
@@ -712,7 +716,12 @@ def _mark_best(block: list[dict], metric: str) -> None:
     if not pool:
         return
     sign = 1.0 if higher_is_better(metric) else -1.0
-    max(pool, key=lambda r: sign * r["mean"])["best"] = True
+    top = max(sign * r["mean"] for r in pool)
+    # Equal means (a constant predictor scores the same at every value) go to the base,
+    # then to the value listed first: the choice `study combine` makes, so the report's
+    # best value is the one that was combined.
+    tied = [r for r in pool if sign * r["mean"] == top]
+    min(tied, key=lambda r: r.get("_order", (1, math.inf)))["best"] = True
 
 
 def best_values(effects: pd.DataFrame) -> dict[str, Any]:
@@ -744,13 +753,26 @@ def _python(value: Any) -> Any:
 # --------------------------------------------------------------------------- tables
 
 
+def format_fixed(value: float, digits: int = 3, sign: str = "") -> str:
+    """``value`` with ``digits`` decimals, unless that would print a non-zero number as zero.
+
+    A spread of 0.0004 or a time difference of 0.04 s printed as ``0.000`` reads
+    as "no spread" or "no difference"; such numbers get two significant digits
+    instead. ``sign="+"`` always writes the sign (differences).
+    """
+    text = f"{value:{sign}.{digits}f}"
+    if value != 0 and math.isfinite(value) and float(text) == 0:
+        return f"{value:{sign}.2g}"
+    return text
+
+
 def format_mean_std(s: Summary, digits: int = 3) -> str:
     """``0.873 ± 0.004``; one run shows its value alone, none shows ``–``."""
     if s.n == 0:
         return "–"
     if s.n == 1:
-        return f"{s.mean:.{digits}f}"
-    return f"{s.mean:.{digits}f} ± {s.std:.{digits}f}"
+        return format_fixed(s.mean, digits)
+    return f"{format_fixed(s.mean, digits)} ± {format_fixed(s.std, digits)}"
 
 
 def wide_table(
