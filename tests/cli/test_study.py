@@ -60,3 +60,9 @@ def test_a_study_whose_runs_failed_for_good_exits_1_after_its_report_line(
     )
     trainer.fail.clear()  # the cause fixed: a rerun gives the failed run a fresh budget
     assert main(args) == 0
+
+
+def test_report_help_names_the_folder_the_report_goes_to(capsys):
+    # It said "default: the study folder"; the report goes to STUDY/report (docs/report.md).
+    assert main(["study", "report", "--help"]) == 0
+    assert "output folder (default: STUDY/report)" in " ".join(capsys.readouterr().out.split())

@@ -334,7 +334,7 @@ def _write_report(folder, out: Path | None) -> dict[str, Path]:
 def report_cmd(
     name: Annotated[str, typer.Argument(help="study name (or study folder)")],
     out: Annotated[
-        Path | None, typer.Option("--out", help="output folder (default: the study folder)")
+        Path | None, typer.Option("--out", help="output folder (default: STUDY/report)")
     ] = None,
     root: RootOpt = Path("studies"),
     storage: StorageOpt = None,
