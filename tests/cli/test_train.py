@@ -408,3 +408,37 @@ def test_only_rank_0_of_a_torchrun_run_prints(tree, tmp_path, capsys, monkeypatc
     assert main(_train_args(tree, tmp_path / "runs", "train.epochs=1")) == 0
     out = capsys.readouterr().out
     assert (out.count("run folder:") == 1) is speaks and (out.count("epoch 1") == 1) is speaks
+
+
+def test_ctrl_c_names_the_run_folder_to_resume(tree, tmp_path, capsys, monkeypatch):
+    # The message said "cnnlab train --resume runs/<name>", a placeholder, not the folder.
+    from cnnlab.cli.train import Progress
+
+    shown = Progress._on_epoch
+
+    def stop_after_epoch_1(self, info):
+        shown(self, info)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Progress, "_on_epoch", stop_after_epoch_1)
+    runs = tmp_path / "runs"
+    assert main(_train_args(tree, runs)) == 130
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"Resume with: cnnlab train --resume {runs / 'r'}"), err
+    monkeypatch.undo()
+    assert main(["train", "--resume", str(runs / "r")]) == 0
+    assert json.loads((runs / "r" / "summary.json").read_text())["epochs_completed"] == 2
+
+
+def test_ctrl_c_before_training_says_there_is_nothing_to_resume(
+    tree, tmp_path, capsys, monkeypatch
+):
+    from cnnlab.engine import trainer
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "train", interrupted)
+    assert main(_train_args(tree, tmp_path / "runs")) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == "interrupted before training started; there is nothing to resume", err

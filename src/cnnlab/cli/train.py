@@ -22,8 +22,11 @@ class Progress:
         self._bar = None
         self._task = None
         self._last_update = 0.0
+        self.path: Path | None = None  # the run folder, once training starts (Ctrl-C names it)
 
     def __call__(self, event: str, info: dict[str, Any]) -> None:
+        if event == "start":
+            self.path = info["path"]
         if self.shown:
             getattr(self, f"_on_{event}", lambda info: None)(info)
 
@@ -207,11 +210,14 @@ def train(
         )
     except KeyboardInterrupt:
         progress.close()
-        where = resume or "runs/<name>"
-        typer.echo(
-            f"interrupted; the checkpoint is saved. Resume with: cnnlab train --resume {where}",
-            err=True,
-        )
+        where = resume or progress.path
+        if where is None:  # still loading data or building the model: no run folder yet
+            typer.echo("interrupted before training started; there is nothing to resume", err=True)
+        else:
+            typer.echo(
+                f"interrupted; the checkpoint is saved. Resume with: cnnlab train --resume {where}",
+                err=True,
+            )
         raise typer.Exit(130) from None
     finally:
         progress.close()

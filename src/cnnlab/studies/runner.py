@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from cnnlab.config import RunConfig
 from cnnlab.errors import StudyError
 from cnnlab.studies.derive import source_ready, write_derived
 from cnnlab.studies.folder import (
@@ -225,6 +226,19 @@ def _get_dotted(tree: Mapping[str, Any], dotted: str) -> Any:
     return node
 
 
+def _variant_key(config: RunConfig, base: RunConfig) -> str:
+    """The run key with the seed and ``test_every_epoch`` at the base's values.
+
+    Which variant a config is: the repeats differ only in seed, and the
+    longest run of an epochs factor measures test accuracy every epoch (its
+    curves answer the shorter runs) yet is the same variant.
+    """
+    train = config.train.model_copy(
+        update={"seed": base.train.seed, "test_every_epoch": base.train.test_every_epoch}
+    )
+    return run_key(config.model_copy(update={"train": train}))
+
+
 def combine_plans(
     spec: StudySpec, folder: StudyFolder, plans: list[RunPlan], settings: Mapping[str, Any]
 ) -> list[RunPlan]:
@@ -235,15 +249,8 @@ def combine_plans(
     except Exception as exc:  # noqa: BLE001 - combined factors can clash (e.g. an option of another model)
         log.warning("best combination %s is not a valid config: %s", settings, exc)
         return []
-    existing = {
-        run_key(
-            p.config.model_copy(
-                update={"train": p.config.train.model_copy(update={"seed": base.train.seed})}
-            )
-        )
-        for p in plans
-    }
-    if run_key(config) in existing:
+    existing = {_variant_key(p.config, base) for p in plans}
+    if _variant_key(config, base) in existing:
         return []
     out = []
     for r in range(spec.repeats):
