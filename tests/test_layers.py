@@ -92,3 +92,16 @@ def test_flatten_hands_the_gradient_back_in_its_input_memory_format():
     plain = torch.randn(2, 3, 4, 4, requires_grad=True)
     Flatten(1)(plain).sum().backward()
     assert plain.grad.is_contiguous()
+
+
+def test_tracing_the_tiled_pooling_warns_of_nothing():
+    """Export traces the model: the shape tests must come after the tracing test."""
+    import warnings
+
+    pool = AvgPool2d(2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", FutureWarning)  # torch deprecates tracing itself
+        traced = torch.jit.trace(pool, torch.randn(2, 3, 8, 8))
+    x = torch.randn(1, 3, 6, 6)
+    assert torch.allclose(traced(x), torch.nn.functional.avg_pool2d(x, 2))

@@ -155,12 +155,13 @@ class AvgPool2d(nn.AvgPool2d):
         k = tile_window(self)
         if (
             k is None
+            # Before any test of a shape: the tracer warns of each such Python bool.
+            or torch.jit.is_tracing()
+            or torch.jit.is_scripting()
             or x.device.type != "cpu"
             or x.dim() not in (3, 4)
             or not x.is_contiguous()
             or min(x.shape[-2:]) < k  # torch's layer says the input is too small
-            or torch.jit.is_tracing()
-            or torch.jit.is_scripting()
         ):
             return super().forward(x)
         if torch.is_grad_enabled():  # x.requires_grad is False inside vmap

@@ -327,3 +327,17 @@ def test_bad_input_gives_one_clear_line(cli, runs, tmp_path, unreadable, args, m
     assert err.startswith("error: ") and err.count("\n") == 1, err
     assert message in err
     assert "Traceback" not in err + out
+
+
+@pytest.mark.parametrize(
+    "bad", [("--layer", "features.conv9"), ("--method", "cam"), ("--target", "zebra")]
+)
+def test_a_failed_explanation_leaves_no_empty_output_folder(cli, runs, tmp_path, bad):
+    out = tmp_path / "new" / "maps"
+    status, _, err = cli("explain", str(runs["lenet"]), *bad, "--out", str(out))
+    assert status == 2, err
+    assert not (tmp_path / "new").exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    status, _, _ = cli("explain", str(runs["lenet"]), *bad, "--out", str(kept))
+    assert status == 2 and kept.is_dir()

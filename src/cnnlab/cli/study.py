@@ -37,7 +37,9 @@ WorkersOpt = Annotated[
 ]
 DeviceOpt = Annotated[
     str | None,
-    typer.Option("--device", help="device for every run: cpu, cuda, cuda:N (default: the spec's)"),
+    typer.Option(
+        "--device", help="device for every run: auto, cpu, cuda, cuda:N, mps (default: the spec's)"
+    ),
 ]
 DryRunOpt = Annotated[
     bool, typer.Option("--dry-run", help="list the variants and run counts, train nothing")

@@ -8,11 +8,12 @@ what to show.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -129,6 +130,27 @@ def _output_dir(path: str | Path) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def _new_output_dir(path: str | Path) -> Iterator[Path]:
+    """:func:`_output_dir`, removed again (with the parents it made) if the work fails empty-handed.
+
+    The folder is made first so that an unwritable place fails before the work;
+    a bad layer or target found during the work must not leave it behind.
+    """
+    path = Path(path).absolute()
+    made = [p for p in (path, *path.parents) if not p.exists()]
+    folder = _output_dir(path)
+    try:
+        yield folder
+    except BaseException:
+        for p in made:  # the deepest first
+            try:
+                p.rmdir()  # only when empty
+            except OSError:
+                break
+        raise
+
+
 def _output_file(path: str | Path) -> Path:
     """``path`` as an image file matplotlib can write, in a writable folder."""
     path = Path(path)
@@ -181,63 +203,67 @@ def explain_run(
     from cnnlab.explain.render import explanation_grid
 
     name = METHODS.entry(method).name  # unknown method: fail before any work
-    out = _output_dir(out)
-    images = select_images(run, files=files, split=split, count=count)
-    loaded = _load(run, checkpoint, device)
-    x = loaded.pipeline(images.pixels)
-    opts = options or MethodOptions()
-    if opts.baseline is None:
-        opts = dataclasses.replace(opts, baseline=_black_baseline(loaded.pipeline, images.pixels))
-    result = explain(
-        loaded.model,
-        x,
-        name,
-        target=target,
-        layer=layer,
-        labels=images.labels,
-        classes=loaded.classes,
-        batch_size=per_grid,
-        options=opts,
-    )
-    outputs = ExplainOutputs()
-    rows = []
-    confidence, predicted = result.probs.max(1)
-    stem = name.replace("+", "p")  # gradcam++ -> gradcampp: safe in every file system and URL
-    for grid, start in enumerate(range(0, len(x), per_grid)):
-        part = slice(start, start + per_grid)
-        labels = (
-            images.labels[part].tolist() if images.labels is not None else [None] * len(x[part])
-        )
-        captions = [
-            _caption(n, lab, int(p), float(c), loaded.classes)
-            for n, lab, p, c in zip(images.names[part], labels, predicted[part], confidence[part])
-        ]
-        targets = [loaded.classes[int(t)] for t in result.targets[part]]
-        heading = f"{run.name} · {name}" + (f" · layer {result.layer}" if result.layer else "")
-        outputs.grids.append(
-            explanation_grid(
-                images.pixels[part],
-                result.maps[part],
-                captions,
-                targets,
-                out / f"{stem}-{grid:03d}.png",
-                title=heading,
+    with _new_output_dir(out) as folder:
+        images = select_images(run, files=files, split=split, count=count)
+        loaded = _load(run, checkpoint, device)
+        x = loaded.pipeline(images.pixels)
+        opts = options or MethodOptions()
+        if opts.baseline is None:
+            opts = dataclasses.replace(
+                opts, baseline=_black_baseline(loaded.pipeline, images.pixels)
             )
+        result = explain(
+            loaded.model,
+            x,
+            name,
+            target=target,
+            layer=layer,
+            labels=images.labels,
+            classes=loaded.classes,
+            batch_size=per_grid,
+            options=opts,
         )
-        array = out / f"{stem}-{grid:03d}.npy"
-        np.save(array, result.maps[part].numpy().astype(np.float32))
-        outputs.arrays.append(array)
-        for row, (n, lab, p, c, t) in enumerate(
-            zip(images.names[part], labels, predicted[part], confidence[part], targets)
-        ):
-            true = loaded.classes[lab] if lab is not None else ""
-            rows.append([grid, row, n, true, loaded.classes[int(p)], f"{float(c):.4f}", t])
-    outputs.index = out / f"{stem}.csv"
-    with open(outputs.index, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["grid", "row", "image", "true", "predicted", "probability", "target"])
-        writer.writerows(rows)
-    return outputs
+        outputs = ExplainOutputs()
+        rows = []
+        confidence, predicted = result.probs.max(1)
+        stem = name.replace("+", "p")  # gradcam++ -> gradcampp: safe in every file system and URL
+        for grid, start in enumerate(range(0, len(x), per_grid)):
+            part = slice(start, start + per_grid)
+            labels = (
+                images.labels[part].tolist() if images.labels is not None else [None] * len(x[part])
+            )
+            captions = [
+                _caption(n, lab, int(p), float(c), loaded.classes)
+                for n, lab, p, c in zip(
+                    images.names[part], labels, predicted[part], confidence[part]
+                )
+            ]
+            targets = [loaded.classes[int(t)] for t in result.targets[part]]
+            heading = f"{run.name} · {name}" + (f" · layer {result.layer}" if result.layer else "")
+            outputs.grids.append(
+                explanation_grid(
+                    images.pixels[part],
+                    result.maps[part],
+                    captions,
+                    targets,
+                    folder / f"{stem}-{grid:03d}.png",
+                    title=heading,
+                )
+            )
+            array = folder / f"{stem}-{grid:03d}.npy"
+            np.save(array, result.maps[part].numpy().astype(np.float32))
+            outputs.arrays.append(array)
+            for row, (n, lab, p, c, t) in enumerate(
+                zip(images.names[part], labels, predicted[part], confidence[part], targets)
+            ):
+                true = loaded.classes[lab] if lab is not None else ""
+                rows.append([grid, row, n, true, loaded.classes[int(p)], f"{float(c):.4f}", t])
+        outputs.index = folder / f"{stem}.csv"
+        with open(outputs.index, "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["grid", "row", "image", "true", "predicted", "probability", "target"])
+            writer.writerows(rows)
+        return outputs
 
 
 def _one_image(run, image: str | Path) -> tuple[torch.Tensor, str]:
