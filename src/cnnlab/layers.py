@@ -226,8 +226,9 @@ def _named(*layers: tuple[str, nn.Module]) -> OrderedDict[str, nn.Module]:
     return OrderedDict((n, m) for n, m in layers if not isinstance(m, nn.Identity))
 
 
-def _as_channels_last(grad: torch.Tensor) -> torch.Tensor:
-    return grad.contiguous(memory_format=torch.channels_last)
+def _as_channels_last(grad: torch.Tensor | None) -> torch.Tensor | None:
+    # Autograd may hand a hook an undefined (None) gradient; it stays undefined.
+    return None if grad is None else grad.contiguous(memory_format=torch.channels_last)
 
 
 class Flatten(nn.Flatten):
