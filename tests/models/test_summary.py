@@ -187,3 +187,20 @@ def test_every_layer_matches_a_real_forward_pass(name):
         for layer in info.table():
             assert layer.macs == seen[layer.name][1], (name, shape, layer.name)
         assert info.macs == sum(seen[layer.name][1] for layer in info.table())
+
+
+def test_transposed_conv_macs_count_each_input_element_once():
+    """in_h * in_w * in_c * out_c / groups * k_h * k_w, not the conv formula on the output."""
+    model = nn.Sequential(
+        nn.ConvTranspose2d(4, 8, 3, stride=2, bias=False),
+        nn.ConvTranspose2d(8, 6, (2, 3), stride=2, padding=1, groups=2, bias=False),
+    )
+    info = summary(model, (4, 8, 8))
+    first = 8 * 8 * 4 * 8 * 3 * 3
+    assert info.layer("0").macs == first and info.layer("0").output_shape == (8, 17, 17)
+    assert info.layer("1").macs == 17 * 17 * 8 * (6 // 2) * 2 * 3
+    # Every product of the transposed conv, counted directly: one per weight per input pixel.
+    x = torch.ones(1, 4, 8, 8)
+    ones = nn.ConvTranspose2d(4, 8, 3, stride=2, bias=False)
+    nn.init.ones_(ones.weight)
+    assert ones(x).sum().item() == first
