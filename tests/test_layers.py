@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from torch import nn
 from torch.func import vmap
+from torch.nn.modules.utils import _pair
 
 from cnnlab import layers
 from cnnlab.layers import AvgPool2d, Flatten, get_pool, tile_window
@@ -105,3 +108,42 @@ def test_tracing_the_tiled_pooling_warns_of_nothing():
         traced = torch.jit.trace(pool, torch.randn(2, 3, 8, 8))
     x = torch.randn(1, 3, 6, 6)
     assert torch.allclose(traced(x), torch.nn.functional.avg_pool2d(x, 2))
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, CL])
+@pytest.mark.parametrize(("start", "end"), [(1, -1), (0, -1), (2, 3), (1, 2)])
+def test_flatten_passes_gradcheck_like_nn_flatten(memory_format, start, end):
+    """Including gradcheck's undefined-gradient pass, where the hook receives None."""
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64).contiguous(memory_format=memory_format)
+    assert torch.autograd.gradcheck(Flatten(start, end), (x.requires_grad_(),))
+
+
+def _pool_cases():
+    """Every kernel/stride/padding/ceil_mode/divisor torch accepts on a few odd shapes."""
+    for kernel, stride, padding, ceil, include_pad, divisor in itertools.product(
+        [1, 2, 3, (2, 3)], [None, 1, 2, 3], [0, 1], [False, True], [True, False], [None, 3]
+    ):
+        if 2 * padding <= min(_pair(kernel)):
+            yield kernel, stride, padding, ceil, include_pad, divisor
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 7, 9), (3, 6, 6), (1, 2, 3, 3)])
+def test_avg_pool_gradcheck_and_torch_parity_over_every_accepted_setting(shape):
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, dtype=torch.float64, generator=generator)
+    inputs = [x, x.transpose(-1, -2).contiguous().transpose(-1, -2)]  # and a non-contiguous one
+    if x.dim() == 4:
+        inputs.append(x.contiguous(memory_format=CL))
+    for args in _pool_cases():
+        ours, stock = AvgPool2d(*args), nn.AvgPool2d(*args)
+        try:
+            stock(x)
+        except RuntimeError:  # an output too small: ours must refuse it too
+            with pytest.raises(RuntimeError):
+                ours(x)
+            continue
+        for t in inputs:
+            (out, grad), (ref, ref_grad) = _forward_and_grad(ours, t), _forward_and_grad(stock, t)
+            assert out.shape == ref.shape and torch.allclose(out, ref), args
+            assert torch.allclose(grad, ref_grad), args
+        assert torch.autograd.gradcheck(ours, (x.clone().requires_grad_(),)), args

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from math import isfinite
 
 import torch
 from torch import nn
@@ -211,13 +212,17 @@ def check_dropout(p: float) -> float:
 
 
 def make_dropout(p: float) -> nn.Module:
-    """``nn.Dropout(p)``, or an identity when ``p == 0`` so it adds no row to a summary."""
-    return nn.Dropout(check_dropout(p)) if p > 0 else nn.Identity()
+    """``nn.Dropout(p)``, or an identity when ``p == 0`` so it adds no row to a summary.
+
+    ``p`` is checked first: a negative or NaN probability is refused, not read as zero.
+    """
+    return nn.Dropout(p) if check_dropout(p) > 0 else nn.Identity()
 
 
 def scale_width(channels: int, width: float) -> int:
     """``channels * width`` rounded, at least 1: the width multiplier of VGG/ResNet ablations."""
-    if isinstance(width, bool) or not isinstance(width, int | float) or width <= 0:
+    ok = isinstance(width, int | float) and not isinstance(width, bool)
+    if not ok or not isfinite(width) or width <= 0:
         raise ModelError(f"width={width!r} is not allowed; use a positive multiplier such as 0.5")
     return max(1, round(channels * width))
 
@@ -227,8 +232,9 @@ def _named(*layers: tuple[str, nn.Module]) -> OrderedDict[str, nn.Module]:
     return OrderedDict((n, m) for n, m in layers if not isinstance(m, nn.Identity))
 
 
-def _as_channels_last(grad: torch.Tensor) -> torch.Tensor:
-    return grad.contiguous(memory_format=torch.channels_last)
+def _as_channels_last(grad: torch.Tensor | None) -> torch.Tensor | None:
+    # Autograd may hand a hook an undefined (None) gradient; it stays undefined.
+    return None if grad is None else grad.contiguous(memory_format=torch.channels_last)
 
 
 class Flatten(nn.Flatten):

@@ -48,6 +48,14 @@ def test_unknown_option_lists_the_options():
         ("nin", {"pointwise_convs": -1}, r"pointwise_convs=-1 is not allowed"),
         ("densenet121", {"compression": 0}, r"compression=0 is not allowed"),
         ("densenet121", {"blocks": []}, r"blocks=\[\] is not allowed"),
+        # Models whose only dropout is the classifier's once read these as "no dropout".
+        ("resnet18", {"dropout": -0.5}, r"dropout=-0.5 is not allowed; use a probability"),
+        ("googlenet", {"dropout": -0.1}, r"dropout=-0.1 is not allowed"),
+        ("densenet-small", {"dropout": float("nan")}, r"dropout=nan is not allowed"),
+        ("nin", {"dropout": -0.5}, r"dropout=-0.5 is not allowed"),
+        ("resnet18", {"width": float("inf")}, r"width=inf is not allowed; use a positive"),
+        ("vgg11", {"width": float("nan")}, r"width=nan is not allowed; use a positive"),
+        ("lenet5", {"conv_activation": "swish2"}, r"conv_activation='swish2' is not allowed"),
     ],
 )
 def test_bad_option_values_name_the_value(name, options, message):
@@ -191,6 +199,8 @@ def test_cli_summary_defaults_to_the_models_input(capsys):
         (["summary", "lenet5", "-o", "kernel_size=0"], "kernel_size=0 is not allowed"),
         (["summary", "lenet5", "-o", "padding=-1"], "padding=-1 is not allowed"),
         (["summary", "lenet5", "-o", "hidden=[-1]"], "hidden=[-1] is not allowed"),
+        (["summary", "resnet18", "-o", "width=.inf"], "width=inf is not allowed"),
+        (["summary", "resnet18", "-o", "dropout=-0.5"], "dropout=-0.5 is not allowed"),
         (["summary", "lenet5", "--depth", "0"], "--depth 0 is not allowed; use 1 or more"),
         (["summary", "lenet5", "--depth", "-1"], "--depth -1 is not allowed"),
         (["models", "transformer"], "no model matches 'transformer'"),

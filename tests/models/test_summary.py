@@ -10,7 +10,7 @@ import torchinfo
 from torch import nn
 
 from cnnlab.errors import ModelError
-from cnnlab.models import create_model
+from cnnlab.models import create_model, list_models, model_options
 from cnnlab.models.summary import LayerInfo, ModelSummary, summary
 
 
@@ -131,3 +131,76 @@ def test_impossible_input_names_the_layer():
 def test_options_only_with_a_name():
     with pytest.raises(ModelError, match="only apply"):
         summary(create_model("lenet5"), (1, 28, 28), norm="batch")
+
+
+def _reference_count(model: nn.Module, shape: tuple[int, ...]) -> dict[str, tuple]:
+    """Output shape and MACs of every module from a real forward pass on the CPU.
+
+    MACs come from the weight tensors (conv: ``out_c x in_c/groups x k_h x k_w`` per
+    output pixel; linear: ``in x out`` per output vector), not from module attributes.
+    """
+    seen: dict[str, tuple] = {}
+
+    def hook(name, module, args, out):
+        macs = 0
+        if isinstance(module, nn.Conv2d):
+            macs = module.weight.numel() * out.shape[-2] * out.shape[-1]
+        elif isinstance(module, nn.Linear):
+            macs = module.weight.numel() * (out[0].numel() // module.out_features)
+        seen[name] = (tuple(out.shape[1:]), macs)
+
+    handles = [
+        m.register_forward_hook(lambda mod, a, o, _n=n: hook(_n, mod, a, o))
+        for n, m in model.named_modules()
+        if n
+    ]
+    model.eval()
+    with torch.no_grad():
+        model(torch.randn(1, *shape))
+    for h in handles:
+        h.remove()
+    return seen
+
+
+# Each model at a small input and at another size, grayscale and RGB.
+SIZES = {
+    "alexnet": [(1, 67, 67), (3, 96, 96)],
+    "alexnet-tv": [(1, 63, 63), (3, 80, 80)],
+    "nin": [(1, 67, 67), (3, 96, 96)],
+    "densenet121": [(1, 32, 32), (3, 45, 45)],
+    "densenet169": [(1, 32, 32), (3, 45, 45)],
+    "densenet-small": [(1, 32, 32), (3, 45, 45)],
+}
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_layer_matches_a_real_forward_pass(name):
+    for shape in SIZES.get(name, [(1, 28, 28), (3, 33, 33)]):
+        if name.startswith("vgg") and shape[1] < 32:
+            shape = (shape[0], 32, 32)
+        narrow = {"width": 0.25} if "width" in model_options(name) else {}  # only to save time
+        model = create_model(name, in_channels=shape[0], input_size=shape[1:], **narrow)
+        info = summary(model, shape)
+        seen = _reference_count(model, shape)
+        for layer in info.layers:
+            assert layer.output_shape == seen[layer.name][0], (name, shape, layer.name)
+        for layer in info.table():
+            assert layer.macs == seen[layer.name][1], (name, shape, layer.name)
+        assert info.macs == sum(seen[layer.name][1] for layer in info.table())
+
+
+def test_transposed_conv_macs_count_each_input_element_once():
+    """in_h * in_w * in_c * out_c / groups * k_h * k_w, not the conv formula on the output."""
+    model = nn.Sequential(
+        nn.ConvTranspose2d(4, 8, 3, stride=2, bias=False),
+        nn.ConvTranspose2d(8, 6, (2, 3), stride=2, padding=1, groups=2, bias=False),
+    )
+    info = summary(model, (4, 8, 8))
+    first = 8 * 8 * 4 * 8 * 3 * 3
+    assert info.layer("0").macs == first and info.layer("0").output_shape == (8, 17, 17)
+    assert info.layer("1").macs == 17 * 17 * 8 * (6 // 2) * 2 * 3
+    # Every product of the transposed conv, counted directly: one per weight per input pixel.
+    x = torch.ones(1, 4, 8, 8)
+    ones = nn.ConvTranspose2d(4, 8, 3, stride=2, bias=False)
+    nn.init.ones_(ones.weight)
+    assert ones(x).sum().item() == first

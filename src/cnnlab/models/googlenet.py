@@ -3,7 +3,9 @@
 The nine Inception blocks are one table row each. ``googlenet`` is the paper's
 network as d2l trains it (no normalization, 5x5 branch); ``googlenet-tv`` is
 torchvision's (batch norm, and a 3x3 conv in the "5x5" branch, a quirk torchvision
-keeps for its weights), which the parameter test compares against. The auxiliary
+keeps for its weights), which the parameter test compares against; its pooling
+windows (padding 1 instead of ceil mode) and batch-norm eps (torch's 1e-5 instead of
+1e-3) stay d2l's, so torchvision's weights would not give torchvision's logits. The auxiliary
 classifiers are left out: they change what ``forward`` returns in training, and
 d2l's version omits them too.
 """

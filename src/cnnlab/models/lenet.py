@@ -16,7 +16,7 @@ from math import prod
 from torch import nn
 
 from cnnlab.errors import ModelError
-from cnnlab.layers import Flatten, LayerConfig, check_dropout
+from cnnlab.layers import ACTIVATIONS, Flatten, LayerConfig, check_choice, check_dropout
 from cnnlab.models import MODELS
 from cnnlab.models.base import Network, ZeroOrMore, output_shape
 
@@ -57,6 +57,8 @@ class LeNet(Network):
                 "give two counts such as [6, 16]"
             )
         fc = LayerConfig(activation, norm, pool, norm_after_act)
+        if conv_activation is not None:  # checked here so the error names this option
+            check_choice(conv_activation, ACTIVATIONS, "conv_activation")
         conv = LayerConfig(conv_activation or activation, norm, pool, norm_after_act)
         check_dropout(dropout)
         c1, c2 = (int(c) for c in channels)

@@ -6,7 +6,8 @@ untouched. torchinfo is not used for the walk itself: its Mult-Adds count conv
 biases and normalization parameters as multiplications and include the batch,
 and it moves the model to a device; here every number is per sample, layers
 carry the dotted names of ``named_modules()`` (what ``--layer`` options take),
-and the conv/linear counts equal torchinfo's for bias-free layers (tested).
+and the conv/linear counts equal torchinfo's for bias-free layers (tested); transposed
+convs are counted per input element, where torchinfo counts the stride's zeros too.
 """
 
 from __future__ import annotations
@@ -89,18 +90,32 @@ class ModelSummary:
         return rows
 
 
-def _conv_macs(module: nn.modules.conv._ConvNd, out: torch.Tensor) -> int:
+def _conv_macs(module: nn.modules.conv._ConvNd, x: torch.Tensor | None, out: torch.Tensor) -> int:
     # Each output element: (in_channels / groups) * kernel multiply-accumulates.
     per_output = module.in_channels // module.groups * prod(module.kernel_size)
     return out[0].numel() * per_output
 
 
-def _linear_macs(module: nn.Linear, out: torch.Tensor) -> int:
+def _conv_transpose_macs(
+    module: nn.modules.conv._ConvTransposeNd, x: torch.Tensor | None, out: torch.Tensor
+) -> int:
+    # A transposed conv scatters each input element into (out_channels / groups) * kernel
+    # outputs; the conv formula (per output element) would count the stride's inserted
+    # zeros as work, stride**2 times too much (fvcore counts it this way too).
+    if x is None:  # called with the input as a keyword: only the output is known
+        return _conv_macs(module, x, out)
+    per_input = module.out_channels // module.groups * prod(module.kernel_size)
+    return x[0].numel() * per_input
+
+
+def _linear_macs(module: nn.Linear, x: torch.Tensor | None, out: torch.Tensor) -> int:
     return out[0].numel() * module.in_features
 
 
-# Layer type -> per-sample MACs from the module and its (batched) output.
-MAC_RULES: dict[type[nn.Module], Callable[[Any, torch.Tensor], int]] = {
+# Layer type -> per-sample MACs from the module, its (batched) input (None when it came as
+# a keyword) and output; the most specific type in a module's MRO wins.
+MAC_RULES: dict[type[nn.Module], Callable[[Any, torch.Tensor | None, torch.Tensor], int]] = {
+    nn.modules.conv._ConvTransposeNd: _conv_transpose_macs,
     nn.modules.conv._ConvNd: _conv_macs,
     nn.Linear: _linear_macs,
 }
@@ -109,10 +124,10 @@ MAC_RULES: dict[type[nn.Module], Callable[[Any, torch.Tensor], int]] = {
 _NO_MEMORY = (nn.Identity, nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dropout2d, nn.Dropout1d)
 
 
-def _macs(module: nn.Module, out: torch.Tensor) -> int:
+def _macs(module: nn.Module, args: tuple, out: torch.Tensor) -> int:
     for kind in type(module).__mro__:
         if kind in MAC_RULES:
-            return MAC_RULES[kind](module, out)
+            return MAC_RULES[kind](module, args[0] if args else None, out)
     return 0
 
 
@@ -172,18 +187,18 @@ def summary(
     macs: dict[str, int] = {}
     memory = 0
 
-    def record(name: str, module: nn.Module, out: object) -> None:
+    def record(name: str, module: nn.Module, args: tuple, out: object) -> None:
         nonlocal memory
         if not isinstance(out, torch.Tensor):
             return
         shapes[name] = tuple(out.shape[1:])
         if name in leaves:
-            macs[name] = macs.get(name, 0) + _macs(module, out)
+            macs[name] = macs.get(name, 0) + _macs(module, args, out)
             if _allocates(module):
                 memory += out[0].numel() * FLOAT32_BYTES
 
     handles = [
-        m.register_forward_hook(lambda mod, args, out, _n=n: record(_n, mod, out))
+        m.register_forward_hook(lambda mod, args, out, _n=n: record(_n, mod, args, out))
         for n, m in modules
     ]
     try:
