@@ -146,6 +146,11 @@ CASES = [
     (["summary", "resnet18", "-o", "shortcut=teleport"], "teleport"),
     (["summary", "lenet5", "-o", "padding=-1"], "padding=-1 is not allowed"),
     (["summary", "lenet5", "--depth", "0"], "--depth 0"),
+    (["summary", "mlp", "-o", "norm=instance"], "norm='instance' has no effect in an MLP"),
+    (
+        ["summary", "resnet18", "-o", "stem=small", "-o", "pool=avg"],
+        "has no effect with stem='small'",
+    ),
     # data
     (["data", "info", "imagenet"], "imagenet"),
     (["data", "info", "imagefolder", "--root", "{tmp}/nowhere"], "nowhere"),

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from cnnlab.errors import ModelError
 from cnnlab.layers import LayerConfig, check_dropout
 from cnnlab.models import MODELS
 from cnnlab.models.base import Network
@@ -36,6 +37,13 @@ class MLP(Network):
     ) -> None:
         super().__init__(num_classes=num_classes, in_channels=in_channels, input_size=input_size)
         cfg = LayerConfig(activation=activation, norm=norm)
+        if cfg.norm == "instance":
+            # Instance norm needs feature maps; on vectors it is an identity, so an
+            # MLP with it would be the MLP without it under another name.
+            raise ModelError(
+                "norm='instance' has no effect in an MLP (it normalizes feature maps); "
+                "choose one of: batch, batch-frozen, layer, group, none"
+            )
         check_dropout(dropout)
         width = in_channels * input_size[0] * input_size[1]
         layers: OrderedDict[str, nn.Module] = OrderedDict(flatten=nn.Flatten(1))

@@ -174,6 +174,12 @@ class ResNet(Network):
             if not isinstance(value, bool):
                 raise ModelError(f"{option}={value!r} is not allowed; use true or false")
         cfg = LayerConfig(activation, norm, pool)
+        if make_stem is _small_stem and cfg.pool != "max":
+            # A study varying pool with the small stem would compare identical networks.
+            raise ModelError(
+                f"pool={pool!r} has no effect with stem='small' (that stem has no pooling); "
+                "use stem=imagenet to vary the pooling"
+            )
 
         channels = scale_width(BASE_WIDTH, width)
         layers: OrderedDict[str, nn.Module] = OrderedDict(
