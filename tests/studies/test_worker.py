@@ -10,6 +10,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
 
 from cnnlab.config import load_config
 from cnnlab.errors import StudyError
@@ -364,3 +365,33 @@ def test_the_runner_enqueues_fusable_runs_together_and_fuses_only_when_on(tmp_pa
 def _mkdir(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def test_a_group_out_of_device_memory_is_split_not_failed(tmp_path):
+    """The size estimate was wrong, not the runs: halve the groups, spend no retry."""
+    folder, queue, plans = _queue_with(
+        tmp_path, tiny_spec(name="oom", vary={"optim.lr": [0.1]}, repeats=3, max_retries=0), list
+    )
+    queue.max_retry = 0
+    trainer = FakeTrainer()
+    worker, groups = _worker(queue, folder, trainer, size=6)
+    tried: list[int] = []
+
+    def small_groups_only(plans, run_dirs, **kw):
+        tried.append(len(plans))
+        if len(plans) > 3:
+            (Path(run_dirs[0]) / "last.pt").write_text("half a group's work")
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return groups(plans, run_dirs, **kw)
+
+    events: list[str] = []
+    worker.emit = lambda event, info: events.append(event)
+    worker.fusing = Fusing(key=worker.fusing.key, size=worker.fusing.size, train=small_groups_only)
+    stats = worker.run()
+    assert tried == [6, 3, 3]
+    assert stats.failed == 0 and stats.trained == 6 and events.count("retry") == 6
+    assert [len(g) for g in groups.groups] == [3, 3]
+    assert Counter(trainer.calls) == {p.key: 1 for p in plans}
+    for plan in plans:
+        assert read_summary(folder.run_dir(plan.key))["status"] == "completed"
+        assert not (folder.run_dir(plan.key) / "last.pt").exists()

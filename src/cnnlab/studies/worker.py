@@ -19,6 +19,7 @@ to share:
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import math
 import os
@@ -478,7 +479,7 @@ class Worker:
             if len(batch.members) == 1:
                 self._run_locked(*batch.members[0])
             elif batch.members:
-                self._run_group(batch.members)
+                self._run_group(batch.members, batch.key)
             for lease, run_dir in batch.alone:
                 self._run_locked(lease, run_dir)
         finally:
@@ -531,8 +532,10 @@ class Worker:
             self._sizes[key] = size
         return self._sizes[key]
 
-    def _run_group(self, members: list[tuple[Lease, Path]]) -> None:
+    def _run_group(self, members: list[tuple[Lease, Path]], key: Hashable | None = None) -> None:
         """Train fresh runs as one fused group; each member's result reports its own lease."""
+        import torch  # loaded already by whatever trains the group
+
         assert self.fusing is not None
         for lease, run_dir in members:
             self._start(lease, run_dir, group=len(members))
@@ -549,6 +552,9 @@ class Worker:
                     f"fused group of {len(members)} returned {len(summaries)} result(s)"
                 )
         except Exception as exc:  # noqa: BLE001 - the members are retried like single runs
+            if isinstance(exc, torch.OutOfMemoryError) and len(members) > 1:
+                self._shrink(members, key, exc)
+                return
             error = _one_line(exc)
             log.info("fused group of %d runs (%s, ...) failed: %s", len(plans), plans[0].key, error)
             for lease, run_dir in members:
@@ -559,6 +565,42 @@ class Worker:
         self.stats.groups.append([plan.key for plan in plans])
         for (lease, run_dir), summary in zip(members, summaries):
             self._finish(lease, run_dir, dict(summary), seconds)
+
+    def _shrink(
+        self, members: list[tuple[Lease, Path]], key: Hashable | None, exc: BaseException
+    ) -> None:
+        """A group ran out of device memory: halve this kind's group size and queue the
+        members again, uncounted (the estimate was wrong, not the runs).
+
+        Without this every retry would build a group of the same size and fail the
+        same way, until all its runs were recorded failed.
+        """
+        size = max(1, len(members) // 2)
+        if key is not None:
+            self._sizes[key] = size
+        log.warning(
+            "fused group of %d ran out of device memory (%s); trying groups of %d",
+            len(members),
+            _one_line(exc),
+            size,
+        )
+        import torch
+
+        gc.collect()  # the failed group's tensors, before the smaller groups size themselves
+        if torch.cuda.is_initialized():
+            torch.cuda.empty_cache()
+        for lease, run_dir in members:
+            _clear_run(run_dir)
+            self.queue.release(lease, "out of memory", requeue=True)
+            self._close(lease)
+            self.emit(
+                "retry",
+                {
+                    "plan": lease.plan,
+                    "error": f"out of memory in a group of {len(members)}",
+                    "attempt": lease.attempt,
+                },
+            )
 
     # -- reporting one run -----------------------------------------------------------------
 
