@@ -269,3 +269,10 @@ def test_an_empty_spec_file_is_an_error_not_a_default_run(tmp_path, text):
         StudyError, match=r"study spec '.*empty.yaml' is empty; give at least base: or vary:"
     ):
         load_spec(path)
+
+
+def test_fuse_off_written_bare_in_yaml_means_off(tmp_path):
+    # YAML reads a bare `off` as false; the docs write `fuse: off`.
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(tiny_spec()) + "fuse: off\n")
+    assert load_spec(path).fuse == "off"

@@ -159,6 +159,12 @@ class StudySpec(BaseModel):
             data[section] = block
         return data
 
+    @field_validator("fuse", mode="before")
+    @classmethod
+    def _fuse_off(cls, v: Any) -> Any:
+        # YAML 1.1 reads a bare `off` as false: `fuse: off`, as the docs write it, means "off".
+        return "off" if v is False else v
+
     @field_validator("name")
     @classmethod
     def _valid_name(cls, v: str) -> str:
