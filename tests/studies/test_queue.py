@@ -302,6 +302,23 @@ def test_results_in_the_store_rebuild_missing_run_folders(tmp_path):
     assert pull_results(folder, queue) == 0
 
 
+def test_results_of_an_earlier_spec_stay_out_of_the_run_folders(tmp_path):
+    """The store keeps every spec version's results; pulling them must not undo the archive."""
+    from cnnlab.studies.runner import pull_results
+
+    first = tiny_spec()
+    _run(tmp_path, first, FakeTrainer())
+    changed = tiny_spec()
+    changed["base"]["train"]["epochs"] = 2  # every run's config changes
+    spec, _ = _run(tmp_path, changed, FakeTrainer())
+    folder = StudyFolder.at(tmp_path, spec.name)
+    planned = sorted(p.key for p in expand(spec))
+    assert folder.run_keys() == planned
+    queue = open_queue(spec, folder, None, create=False)
+    assert pull_results(folder, queue) == 0
+    assert folder.run_keys() == planned
+
+
 def test_sqlite_on_a_network_file_system_warns(tmp_path):
     from pathlib import Path
 

@@ -887,10 +887,17 @@ def answer_derived(folder: StudyFolder, plans: list[RunPlan]) -> int:
 def pull_results(folder: StudyFolder, queue: StudyQueue) -> int:
     """Write run folders from results held in the store (workers that did not
     share this study folder), and the derived runs they answer; returns how many
-    were written."""
+    were written.
+
+    Only runs of the current spec are written: the store keeps the results of
+    every earlier version of the spec too, whose runs belong in ``archive/``,
+    not in the report.
+    """
     from cnnlab.config import save_config
     from cnnlab.studies.derive import _write_metrics
 
+    plans = current_plans(folder.read_spec(), folder)
+    wanted = {p.key for p in plans}
     written = 0
     for t in queue.trials():
         result = t.user_attrs.get("result") or {}
@@ -900,7 +907,7 @@ def pull_results(folder: StudyFolder, queue: StudyQueue) -> int:
             continue
         plan = RunPlan.from_dict(plan_data)
         run_dir = folder.run_dir(plan.key)
-        if (read_summary(run_dir) or {}).get("status") in FINISHED:
+        if plan.key not in wanted or (read_summary(run_dir) or {}).get("status") in FINISHED:
             continue
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(plan.config, run_dir / "config.yaml")
@@ -910,7 +917,7 @@ def pull_results(folder: StudyFolder, queue: StudyQueue) -> int:
         write_json(run_dir / "summary.json", summary)
         written += 1
     if written:
-        written += answer_derived(folder, current_plans(folder.read_spec(), folder))
+        written += answer_derived(folder, plans)
     return written
 
 
