@@ -189,6 +189,21 @@ def test_combine_runs_each_factors_best_value_together(tmp_path):
     assert len(trainer.calls) == n
 
 
+def test_a_combination_chosen_under_an_earlier_spec_is_not_trained(tmp_path):
+    """After a base change the old choice (lr 0.9, no longer a level) must not run as 'best'."""
+    _run(tmp_path, tiny_spec(vary={"optim.lr": [0.1, 0.9]}, combine=True), FakeTrainer())
+    data = tiny_spec(vary={"optim.lr": [0.1, 0.2]}, combine=True)
+    data["base"]["train"]["epochs"] = 2
+    started = []
+    _run(
+        tmp_path,
+        data,
+        FakeTrainer(),
+        on_event=lambda e, i: started.append(i["plan"].variant) if e == "start" else None,
+    )
+    assert "best" not in started  # the new results pick the base: nothing to combine
+
+
 def test_status_counts_and_eta(tmp_path):
     trainer = FakeTrainer()
     spec = spec_from_dict(tiny_spec())

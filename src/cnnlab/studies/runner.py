@@ -268,12 +268,30 @@ def _combine_file(folder: StudyFolder) -> Path:
     return folder.path / "combine.json"
 
 
+def _plans_id(plans: list[RunPlan]) -> str:
+    """A fingerprint of the runs a combination was chosen from (their keys)."""
+    import hashlib
+
+    blob = ",".join(sorted(p.key for p in plans if p.variant != COMBINED))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
 def current_plans(spec: StudySpec, folder: StudyFolder) -> list[RunPlan]:
-    """The spec's runs, plus the best combination's when one has been chosen."""
+    """The spec's runs, plus the best combination's when one has been chosen.
+
+    A choice made from the runs of an earlier version of the spec (``combine.json``
+    records which) is not used: its "best" would pair the old results' values with
+    the new base and train runs the study chooses again anyway once its own runs finish.
+    """
     plans = expand(spec)
     if spec.combine:
         chosen = read_json(_combine_file(folder))
-        if chosen and chosen.get("settings") is not None:
+        current = _plans_id(plans)
+        if (
+            chosen
+            and chosen.get("settings") is not None
+            and chosen.get("plans", current) == current
+        ):
             plans = plans + combine_plans(spec, folder, plans, chosen["settings"])
     return plans
 
@@ -568,6 +586,7 @@ class StudyRunner:
                     self.spec, self.folder, [p for p in plans if p.variant != COMBINED]
                 )
                 if chosen is not None:
+                    chosen["plans"] = _plans_id(plans)
                     write_json(_combine_file(self.folder), chosen)
                     new = combine_plans(
                         self.spec,
