@@ -334,6 +334,32 @@ def test_results_of_an_earlier_spec_stay_out_of_the_run_folders(tmp_path):
     assert folder.run_keys() == planned
 
 
+def test_runs_a_worker_on_another_machine_trained_are_not_trained_again(tmp_path):
+    """A worker that writes into its own folder (--root elsewhere) reports into the store only."""
+    from cnnlab.studies.worker import Worker
+
+    spec = spec_from_dict(tiny_spec())
+    folder = StudyFolder.at(tmp_path / "here", spec.name)
+    folder.create()
+    folder.write_spec(spec)
+    queue = open_queue(spec, folder, None, create=True)
+    StudyRunner(spec=spec, folder=folder, queue=queue).prepare(expand(spec))
+    remote = Worker(
+        queue,
+        StudyFolder.at(tmp_path / "there", spec.name),
+        run_fn=FakeTrainer(),
+        poll_seconds=0.05,
+    )
+    away = remote.run(max_runs=2).keys
+    assert len(away) == 2
+    assert study_status(folder, queue).done == 2
+    local = FakeTrainer()
+    _, status = _run(tmp_path / "here", tiny_spec(), local)
+    assert not set(local.calls) & set(away)
+    assert status.done == status.total == 4
+    assert all(read_summary(folder.run_dir(k))["status"] == "completed" for k in away)
+
+
 def test_sqlite_on_a_network_file_system_warns(tmp_path):
     from pathlib import Path
 

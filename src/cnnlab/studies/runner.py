@@ -36,6 +36,7 @@ from cnnlab.errors import StudyError
 from cnnlab.studies.derive import source_ready, write_derived
 from cnnlab.studies.folder import (
     FINISHED,
+    FileLock,
     StudyFolder,
     find_study,
     read_json,
@@ -43,7 +44,7 @@ from cnnlab.studies.folder import (
     sync_archive,
     write_json,
 )
-from cnnlab.studies.queue import DEFAULT_HEARTBEAT, KeyState, StudyQueue, describe_url
+from cnnlab.studies.queue import DEFAULT_HEARTBEAT, KeyState, StudyQueue, describe_url, trial_key
 from cnnlab.studies.spec import (
     RunPlan,
     StudySpec,
@@ -147,6 +148,10 @@ def study_status(
             t = (summary.get("time") or {}).get("train_seconds")
             if plan.derived_from is None and t:
                 seconds.append(float(t))
+        elif qs is not None and qs.reported:
+            # Trained by a worker that wrote into another folder; the store holds the result.
+            st.done += 1
+            st.diverged += "COMPLETE" not in qs.states
         elif qs is not None and qs.running:
             st.running += 1
         elif status == "failed" and not (qs is not None and qs.waiting):
@@ -535,6 +540,13 @@ class StudyRunner:
             self.emit(
                 "note", {"text": f"withdrew {cancelled} queued run(s) the spec no longer has"}
             )
+        # Results of workers that write into another folder (another machine) count
+        # as done here too; otherwise their runs would be queued and trained again.
+        pulled = pull_results(self.folder, self.queue, plans)
+        if pulled:
+            self.emit(
+                "note", {"text": f"wrote {pulled} run folder(s) from results held in the store"}
+            )
         self.answer_derived(plans)
         states = self.queue.key_states()
         active = 0
@@ -903,19 +915,21 @@ def answer_derived(folder: StudyFolder, plans: list[RunPlan]) -> int:
     return written
 
 
-def pull_results(folder: StudyFolder, queue: StudyQueue) -> int:
+def pull_results(folder: StudyFolder, queue: StudyQueue, plans: list[RunPlan] | None = None) -> int:
     """Write run folders from results held in the store (workers that did not
     share this study folder), and the derived runs they answer; returns how many
     were written.
 
-    Only runs of the current spec are written: the store keeps the results of
-    every earlier version of the spec too, whose runs belong in ``archive/``,
-    not in the report.
+    Only runs of the current spec (``plans``, by default the folder's) are
+    written: the store keeps the results of every earlier version of the spec
+    too, whose runs belong in ``archive/``, not in the report. A run a local
+    worker holds right now (its file lock) is left to that worker.
     """
     from cnnlab.config import save_config
     from cnnlab.studies.derive import _write_metrics
 
-    plans = current_plans(folder.read_spec(), folder)
+    if plans is None:
+        plans = current_plans(folder.read_spec(), folder)
     wanted = {p.key for p in plans}
     written = 0
     for t in queue.trials():
@@ -924,16 +938,24 @@ def pull_results(folder: StudyFolder, queue: StudyQueue) -> int:
         plan_data = t.user_attrs.get("plan")
         if not summary or not plan_data or t.user_attrs.get("outcome") != "trained":
             continue
+        if trial_key(t) not in wanted:
+            continue
         plan = RunPlan.from_dict(plan_data)
         run_dir = folder.run_dir(plan.key)
-        if plan.key not in wanted or (read_summary(run_dir) or {}).get("status") in FINISHED:
+        if (read_summary(run_dir) or {}).get("status") in FINISHED:
             continue
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(plan.config, run_dir / "config.yaml")
-        if result.get("metrics"):
-            _write_metrics(run_dir / "metrics.csv", result["metrics"])
-        write_json(run_dir / "study.json", plan.meta())
-        write_json(run_dir / "summary.json", summary)
+        lock = FileLock(folder.locks / f"{plan.key}.lock")
+        if not lock.acquire():
+            continue
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(plan.config, run_dir / "config.yaml")
+            if result.get("metrics"):
+                _write_metrics(run_dir / "metrics.csv", result["metrics"])
+            write_json(run_dir / "study.json", plan.meta())
+            write_json(run_dir / "summary.json", summary)
+        finally:
+            lock.release()
         written += 1
     if written:
         written += answer_derived(folder, plans)
