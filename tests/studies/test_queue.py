@@ -224,6 +224,24 @@ def test_status_counts_and_eta(tmp_path):
     assert "1/4 done" in st.line() and "ETA" in st.line()
 
 
+def test_the_eta_counts_only_runs_that_train(tmp_path):
+    """Runs answered from the longest run's curves take no training time."""
+    from cnnlab.studies.worker import Worker
+
+    trainer = FakeTrainer()
+    spec = spec_from_dict(tiny_spec(vary={"train.epochs": [2, 3]}))
+    folder = StudyFolder.at(tmp_path, spec.name)
+    folder.create()
+    folder.write_spec(spec)
+    queue = open_queue(spec, folder, None, create=True)
+    StudyRunner(spec=spec, folder=folder, queue=queue, run_fn=trainer).prepare(expand(spec))
+    Worker(queue, folder, run_fn=trainer, wait_for_others=False).run(max_runs=1)
+    st = study_status(folder, queue)
+    # Each repeat trains the 3-epoch run and reads base (1 epoch) and 2 epochs off its curves.
+    assert (st.done, st.pending) == (3, 3)
+    assert st.eta_seconds == pytest.approx(0.3)  # one 3-epoch run left, 0.1 s per epoch
+
+
 def test_a_dead_workers_run_goes_back_to_the_queue(tmp_path):
     spec = spec_from_dict(tiny_spec(repeats=1, vary={}))
     folder = StudyFolder.at(tmp_path, spec.name)

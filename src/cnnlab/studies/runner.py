@@ -137,6 +137,7 @@ def study_status(
     states = queue.key_states() if queue is not None else {}
     st = StudyStatus(name=spec.name, path=folder.path, total=len(plans))
     seconds: list[float] = []
+    to_train = 0  # pending or running runs that take training time
     for plan in plans:
         summary = read_summary(folder.run_dir(plan.key)) or {}
         status = summary.get("status")
@@ -154,6 +155,7 @@ def study_status(
             st.diverged += "COMPLETE" not in qs.states
         elif qs is not None and qs.running:
             st.running += 1
+            to_train += 1
         elif status == "failed" and not (qs is not None and qs.waiting):
             st.failed += 1
             st.errors.append(
@@ -166,9 +168,9 @@ def study_status(
             )
         else:
             st.pending += 1
+            to_train += plan.derived_from is None  # a derived run is read off curves, not trained
     if seconds:
-        left = st.pending + st.running
-        st.eta_seconds = left * (sum(seconds) / len(seconds)) / max(1, st.running)
+        st.eta_seconds = to_train * (sum(seconds) / len(seconds)) / max(1, st.running)
     return st
 
 
