@@ -263,6 +263,25 @@ def test_a_dead_workers_run_goes_back_to_the_queue(tmp_path):
     assert queue.reap() == 0
 
 
+def test_status_does_not_count_a_killed_workers_run_as_running(tmp_path):
+    """After a kill -9 or a crash nothing trains the run; status says pending until a rerun."""
+    spec = spec_from_dict(tiny_spec(repeats=1, vary={}))
+    folder = StudyFolder.at(tmp_path, spec.name)
+    folder.create()
+    folder.write_spec(spec)
+    queue = open_queue(spec, folder, None, create=True)
+    StudyRunner(spec=spec, folder=folder, queue=queue).prepare(expand(spec))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    assert queue.pop(Owner(Owner.me().host, dead.pid, "gone")) is not None
+    st = study_status(folder, queue)
+    assert (st.running, st.pending) == (0, 1)
+    queue.reap()
+    lease = queue.pop(Owner.me())
+    assert lease is not None
+    assert study_status(folder, queue).running == 1  # a live worker's run is running
+
+
 def test_a_run_whose_worker_died_while_popping_it_goes_back_to_the_queue(tmp_path):
     # A worker killed between ask() (the trial is running) and naming itself left a
     # trial no heartbeat makes stale: every later worker waited for it forever.

@@ -153,7 +153,7 @@ def study_status(
             # Trained by a worker that wrote into another folder; the store holds the result.
             st.done += 1
             st.diverged += "COMPLETE" not in qs.states
-        elif qs is not None and qs.running:
+        elif qs is not None and qs.running > qs.orphaned:
             st.running += 1
             to_train += 1
         elif status == "failed" and not (qs is not None and qs.waiting):
