@@ -671,7 +671,15 @@ class StudyRunner:
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         for i, cmd in enumerate(self.worker_commands(threads)):
             logfile = open(self.folder.logs / f"worker-{i}.log", "a")  # noqa: SIM115 - closed below
-            procs.append(subprocess.Popen(cmd, stdout=logfile, stderr=subprocess.STDOUT, env=env))
+            # A process group of their own: Ctrl-C reaches only this process, which passes
+            # one SIGINT on to each worker. In the terminal's group a worker would get a
+            # second one (the terminal's and ours), which cuts short its checkpoint and
+            # leaves its run neither saved as interrupted nor given back to the queue.
+            procs.append(
+                subprocess.Popen(
+                    cmd, stdout=logfile, stderr=subprocess.STDOUT, env=env, process_group=0
+                )
+            )
             logfile.close()
         try:
             last = None
