@@ -189,6 +189,16 @@ def test_combine_runs_each_factors_best_value_together(tmp_path):
     assert len(trainer.calls) == n
 
 
+def test_a_combination_equal_to_the_longest_epochs_run_is_not_trained_again(tmp_path):
+    """That run measures test accuracy every epoch (to answer shorter ones); it is the same run."""
+    trainer = FakeTrainer()  # accuracy grows with epochs: 2 epochs is best
+    spec, status = _run(tmp_path, tiny_spec(vary={"train.epochs": [2]}, combine=True), trainer)
+    chosen = json.loads((StudyFolder.at(tmp_path, spec.name).path / "combine.json").read_text())
+    assert chosen["settings"] == {"train.epochs": 2}
+    assert len(trainer.calls) == 2  # the two 2-epoch runs; no 'best' copies of them
+    assert status.done == status.total == 4
+
+
 def test_a_combination_chosen_under_an_earlier_spec_is_not_trained(tmp_path):
     """After a base change the old choice (lr 0.9, no longer a level) must not run as 'best'."""
     _run(tmp_path, tiny_spec(vary={"optim.lr": [0.1, 0.9]}, combine=True), FakeTrainer())

@@ -242,12 +242,11 @@ def combine_plans(
     except Exception as exc:  # noqa: BLE001 - combined factors can clash (e.g. an option of another model)
         log.warning("best combination %s is not a valid config: %s", settings, exc)
         return []
+    # Compared at the base's seed, and without the per-epoch test measurements a run
+    # that answers shorter ones from its curves takes (they do not change its training).
+    same = {"seed": base.train.seed, "test_every_epoch": base.train.test_every_epoch}
     existing = {
-        run_key(
-            p.config.model_copy(
-                update={"train": p.config.train.model_copy(update={"seed": base.train.seed})}
-            )
-        )
+        run_key(p.config.model_copy(update={"train": p.config.train.model_copy(update=same)}))
         for p in plans
     }
     if run_key(config) in existing:
