@@ -668,19 +668,19 @@ class StudyRunner:
         procs: list[subprocess.Popen] = []
         self.folder.logs.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-        for i, cmd in enumerate(self.worker_commands(threads)):
-            logfile = open(self.folder.logs / f"worker-{i}.log", "a")  # noqa: SIM115 - closed below
-            # A process group of their own: Ctrl-C reaches only this process, which passes
-            # one SIGINT on to each worker. In the terminal's group a worker would get a
-            # second one (the terminal's and ours), which cuts short its checkpoint and
-            # leaves its run neither saved as interrupted nor given back to the queue.
-            procs.append(
-                subprocess.Popen(
-                    cmd, stdout=logfile, stderr=subprocess.STDOUT, env=env, process_group=0
-                )
-            )
-            logfile.close()
         try:
+            for i, cmd in enumerate(self.worker_commands(threads)):
+                logfile = open(self.folder.logs / f"worker-{i}.log", "a")  # noqa: SIM115 - closed below
+                # A process group of their own: Ctrl-C reaches only this process, which
+                # passes one SIGINT on to each worker. In the terminal's group a worker
+                # would get a second one (the terminal's and ours), which cuts short its
+                # checkpoint and leaves its run neither saved as interrupted nor given back.
+                procs.append(
+                    subprocess.Popen(
+                        cmd, stdout=logfile, stderr=subprocess.STDOUT, env=env, process_group=0
+                    )
+                )
+                logfile.close()
             last = None
             while any(p.poll() is None for p in procs):
                 time.sleep(self.poll_seconds)
