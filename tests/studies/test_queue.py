@@ -204,6 +204,31 @@ def test_combine_that_equals_the_curves_source_runs_nothing_new(tmp_path):
     assert status.total == len(expand(spec)) and status.done == status.total
 
 
+def test_a_combination_equal_to_the_longest_epochs_run_is_not_trained_again(tmp_path):
+    """That run measures test accuracy every epoch (to answer shorter ones); it is the same run."""
+    trainer = FakeTrainer()  # accuracy grows with epochs: 2 epochs is best
+    spec, status = _run(tmp_path, tiny_spec(vary={"train.epochs": [2]}, combine=True), trainer)
+    chosen = json.loads((StudyFolder.at(tmp_path, spec.name).path / "combine.json").read_text())
+    assert chosen["settings"] == {"train.epochs": 2}
+    assert len(trainer.calls) == 2  # the two 2-epoch runs; no 'best' copies of them
+    assert status.done == status.total == 4
+
+
+def test_a_combination_chosen_under_an_earlier_spec_is_not_trained(tmp_path):
+    """After a base change the old choice (lr 0.9, no longer a level) must not run as 'best'."""
+    _run(tmp_path, tiny_spec(vary={"optim.lr": [0.1, 0.9]}, combine=True), FakeTrainer())
+    data = tiny_spec(vary={"optim.lr": [0.1, 0.2]}, combine=True)
+    data["base"]["train"]["epochs"] = 2
+    started = []
+    _run(
+        tmp_path,
+        data,
+        FakeTrainer(),
+        on_event=lambda e, i: started.append(i["plan"].variant) if e == "start" else None,
+    )
+    assert "best" not in started  # the new results pick the base: nothing to combine
+
+
 def test_status_counts_and_eta(tmp_path):
     trainer = FakeTrainer()
     spec = spec_from_dict(tiny_spec())
@@ -222,6 +247,24 @@ def test_status_counts_and_eta(tmp_path):
     assert (st.done, st.pending) == (1, 3)
     assert st.eta_seconds == pytest.approx(3 * 0.1)
     assert "1/4 done" in st.line() and "ETA" in st.line()
+
+
+def test_the_eta_counts_only_runs_that_train(tmp_path):
+    """Runs answered from the longest run's curves take no training time."""
+    from cnnlab.studies.worker import Worker
+
+    trainer = FakeTrainer()
+    spec = spec_from_dict(tiny_spec(vary={"train.epochs": [2, 3]}))
+    folder = StudyFolder.at(tmp_path, spec.name)
+    folder.create()
+    folder.write_spec(spec)
+    queue = open_queue(spec, folder, None, create=True)
+    StudyRunner(spec=spec, folder=folder, queue=queue, run_fn=trainer).prepare(expand(spec))
+    Worker(queue, folder, run_fn=trainer, wait_for_others=False).run(max_runs=1)
+    st = study_status(folder, queue)
+    # Each repeat trains the 3-epoch run and reads base (1 epoch) and 2 epochs off its curves.
+    assert (st.done, st.pending) == (3, 3)
+    assert st.eta_seconds == pytest.approx(0.3)  # one 3-epoch run left, 0.1 s per epoch
 
 
 def test_a_dead_workers_run_goes_back_to_the_queue(tmp_path):
@@ -243,6 +286,25 @@ def test_a_dead_workers_run_goes_back_to_the_queue(tmp_path):
     assert again is not None and again.key == lease.key and again.attempt == 2
     # A live owner is left alone.
     assert queue.reap() == 0
+
+
+def test_status_does_not_count_a_killed_workers_run_as_running(tmp_path):
+    """After a kill -9 or a crash nothing trains the run; status says pending until a rerun."""
+    spec = spec_from_dict(tiny_spec(repeats=1, vary={}))
+    folder = StudyFolder.at(tmp_path, spec.name)
+    folder.create()
+    folder.write_spec(spec)
+    queue = open_queue(spec, folder, None, create=True)
+    StudyRunner(spec=spec, folder=folder, queue=queue).prepare(expand(spec))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    assert queue.pop(Owner(Owner.me().host, dead.pid, "gone")) is not None
+    st = study_status(folder, queue)
+    assert (st.running, st.pending) == (0, 1)
+    queue.reap()
+    lease = queue.pop(Owner.me())
+    assert lease is not None
+    assert study_status(folder, queue).running == 1  # a live worker's run is running
 
 
 def test_a_run_whose_worker_died_while_popping_it_goes_back_to_the_queue(tmp_path):
@@ -315,6 +377,49 @@ def test_results_in_the_store_rebuild_missing_run_folders(tmp_path):
         assert read_summary(folder.run_dir(key))["final"] == summary["final"]
         assert json.loads((folder.run_dir(key) / "study.json").read_text())["key"] == key
     assert pull_results(folder, queue) == 0
+
+
+def test_results_of_an_earlier_spec_stay_out_of_the_run_folders(tmp_path):
+    """The store keeps every spec version's results; pulling them must not undo the archive."""
+    from cnnlab.studies.runner import pull_results
+
+    first = tiny_spec()
+    _run(tmp_path, first, FakeTrainer())
+    changed = tiny_spec()
+    changed["base"]["train"]["epochs"] = 2  # every run's config changes
+    spec, _ = _run(tmp_path, changed, FakeTrainer())
+    folder = StudyFolder.at(tmp_path, spec.name)
+    planned = sorted(p.key for p in expand(spec))
+    assert folder.run_keys() == planned
+    queue = open_queue(spec, folder, None, create=False)
+    assert pull_results(folder, queue) == 0
+    assert folder.run_keys() == planned
+
+
+def test_runs_a_worker_on_another_machine_trained_are_not_trained_again(tmp_path):
+    """A worker that writes into its own folder (--root elsewhere) reports into the store only."""
+    from cnnlab.studies.worker import Worker
+
+    spec = spec_from_dict(tiny_spec())
+    folder = StudyFolder.at(tmp_path / "here", spec.name)
+    folder.create()
+    folder.write_spec(spec)
+    queue = open_queue(spec, folder, None, create=True)
+    StudyRunner(spec=spec, folder=folder, queue=queue).prepare(expand(spec))
+    remote = Worker(
+        queue,
+        StudyFolder.at(tmp_path / "there", spec.name),
+        run_fn=FakeTrainer(),
+        poll_seconds=0.05,
+    )
+    away = remote.run(max_runs=2).keys
+    assert len(away) == 2
+    assert study_status(folder, queue).done == 2
+    local = FakeTrainer()
+    _, status = _run(tmp_path / "here", tiny_spec(), local)
+    assert not set(local.calls) & set(away)
+    assert status.done == status.total == 4
+    assert all(read_summary(folder.run_dir(k))["status"] == "completed" for k in away)
 
 
 def test_sqlite_on_a_network_file_system_warns(tmp_path):

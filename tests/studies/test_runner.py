@@ -197,6 +197,22 @@ def test_workers_on_one_device_split_its_memory(tmp_path):
     assert _option(alone, "--memory-share") is None and _option(alone, "--threads") == "2"
 
 
+def test_local_workers_get_one_ctrl_c_not_two(tmp_path, monkeypatch):
+    """Ctrl-C signals the terminal's process group; the runner passes SIGINT on to its
+    workers, so a worker in that group would be interrupted twice (its checkpoint cut short)."""
+    import os
+    import sys
+
+    runner = _runner(tmp_path, 2)
+    probe = [sys.executable, "-c", "import os; print(os.getpgid(0), os.getpid())"]
+    monkeypatch.setattr(StudyRunner, "worker_commands", lambda self, threads: [probe, probe])
+    runner.poll_seconds = 0.05
+    runner._work_in_subprocesses()
+    for log in sorted(runner.folder.logs.glob("worker-*.log")):
+        group, pid = log.read_text().split()
+        assert group == pid != str(os.getpgid(0))  # a group of its own
+
+
 def test_workers_spread_over_gpus_split_each_gpus_memory(tmp_path, monkeypatch):
     from cnnlab.studies import runner
 

@@ -229,6 +229,31 @@ def test_a_model_that_cannot_be_built_is_refused_before_anything_trains(change, 
     assert needle in str(info.value) and "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        (
+            {"variants": {"mine": {"data.root": "/some/tree"}}},
+            "study 'tiny' variants.mine: data set 'fashion-mnist' has no option 'root'",
+        ),
+        (
+            {"vary": {"data.name": ["imagefolder"]}},
+            "study 'tiny' vary.data.name[0]: data set 'imagefolder' needs root=...",
+        ),
+    ],
+)
+def test_a_data_option_train_refuses_is_refused_before_anything_trains(change, needle):
+    # such a spec passed --dry-run, then every run failed its retries (exit 1)
+    with pytest.raises(StudyError) as info:
+        spec_from_dict({**tiny_spec(), **change})
+    assert needle in str(info.value) and "\n" not in str(info.value)
+
+
+def test_data_options_a_data_set_has_are_accepted():
+    spec = spec_from_dict(tiny_spec(variants={"own": {"data": "imagefolder", "data.root": "/t"}}))
+    assert "own" in {p.variant for p in expand(spec)}  # the tree is only read when it trains
+
+
 def test_an_input_size_is_left_to_the_data():
     # pool_size=6 does not fit lenet5's own 28x28 (4x4 before the 5x5 conv2) but fits the
     # 64x64 images this variant trains on: the expansion builds at the model's size and
@@ -269,3 +294,10 @@ def test_an_empty_spec_file_is_an_error_not_a_default_run(tmp_path, text):
         StudyError, match=r"study spec '.*empty.yaml' is empty; give at least base: or vary:"
     ):
         load_spec(path)
+
+
+def test_fuse_off_written_bare_in_yaml_means_off(tmp_path):
+    # YAML reads a bare `off` as false; the docs write `fuse: off`.
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(tiny_spec()) + "fuse: off\n")
+    assert load_spec(path).fuse == "off"

@@ -61,6 +61,16 @@ def _check_options(source: DataSource, options: dict[str, Any]) -> dict[str, Any
     return merged
 
 
+def check_dataset_options(name: str, **options: Any) -> dict[str, Any]:
+    """The data set's options with defaults filled in, checked without reading any file.
+
+    Raises:
+        RegistryError: unknown name. DataError: an option the data set does not
+            have, or a required one missing (one line naming it).
+    """
+    return _check_options(get_source(name), options)
+
+
 def clear_cache() -> None:
     """Forget the splits held in memory (files on disk are untouched)."""
     _MEMORY.clear()
@@ -235,6 +245,7 @@ __all__ = [
     "Option",
     "available_splits",
     "channel_stats",
+    "check_dataset_options",
     "clear_cache",
     "dataset_options",
     "default_data_dir",

@@ -271,6 +271,9 @@ class KeyState:
 
     waiting: int = 0
     running: int = 0
+    # Running trials whose worker was a process of this machine that is gone (killed,
+    # crashed): nothing trains them; the next worker's reap puts them back.
+    orphaned: int = 0
     states: list[str] = field(default_factory=list)
     error: str | None = None
     gave_up: bool = False
@@ -399,6 +402,9 @@ class StudyQueue:
                 st.waiting += 1
             elif t.state.name == "RUNNING":
                 st.running += 1
+                raw = t.user_attrs.get("worker")
+                if raw and Owner(raw["host"], int(raw["pid"]), raw["token"]).is_dead_here():
+                    st.orphaned += 1
             if t.user_attrs.get("error"):
                 st.error = t.user_attrs["error"]
             if t.user_attrs.get("gave_up"):

@@ -37,6 +37,7 @@ from cnnlab.errors import StudyError
 from cnnlab.studies.derive import source_ready, write_derived
 from cnnlab.studies.folder import (
     FINISHED,
+    FileLock,
     StudyFolder,
     find_study,
     read_json,
@@ -44,7 +45,7 @@ from cnnlab.studies.folder import (
     sync_archive,
     write_json,
 )
-from cnnlab.studies.queue import DEFAULT_HEARTBEAT, KeyState, StudyQueue, describe_url
+from cnnlab.studies.queue import DEFAULT_HEARTBEAT, KeyState, StudyQueue, describe_url, trial_key
 from cnnlab.studies.spec import (
     RunPlan,
     StudySpec,
@@ -137,6 +138,7 @@ def study_status(
     states = queue.key_states() if queue is not None else {}
     st = StudyStatus(name=spec.name, path=folder.path, total=len(plans))
     seconds: list[float] = []
+    to_train = 0  # pending or running runs that take training time
     for plan in plans:
         summary = read_summary(folder.run_dir(plan.key)) or {}
         status = summary.get("status")
@@ -148,8 +150,13 @@ def study_status(
             t = (summary.get("time") or {}).get("train_seconds")
             if plan.derived_from is None and t:
                 seconds.append(float(t))
-        elif qs is not None and qs.running:
+        elif qs is not None and qs.reported:
+            # Trained by a worker that wrote into another folder; the store holds the result.
+            st.done += 1
+            st.diverged += "COMPLETE" not in qs.states
+        elif qs is not None and qs.running > qs.orphaned:
             st.running += 1
+            to_train += 1
         elif status == "failed" and not (qs is not None and qs.waiting):
             st.failed += 1
             st.errors.append(
@@ -162,9 +169,9 @@ def study_status(
             )
         else:
             st.pending += 1
+            to_train += plan.derived_from is None  # a derived run is read off curves, not trained
     if seconds:
-        left = st.pending + st.running
-        st.eta_seconds = left * (sum(seconds) / len(seconds)) / max(1, st.running)
+        st.eta_seconds = to_train * (sum(seconds) / len(seconds)) / max(1, st.running)
     return st
 
 
@@ -275,12 +282,30 @@ def _combine_file(folder: StudyFolder) -> Path:
     return folder.path / "combine.json"
 
 
+def _plans_id(plans: list[RunPlan]) -> str:
+    """A fingerprint of the runs a combination was chosen from (their keys)."""
+    import hashlib
+
+    blob = ",".join(sorted(p.key for p in plans if p.variant != COMBINED))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
 def current_plans(spec: StudySpec, folder: StudyFolder) -> list[RunPlan]:
-    """The spec's runs, plus the best combination's when one has been chosen."""
+    """The spec's runs, plus the best combination's when one has been chosen.
+
+    A choice made from the runs of an earlier version of the spec (``combine.json``
+    records which) is not used: its "best" would pair the old results' values with
+    the new base and train runs the study chooses again anyway once its own runs finish.
+    """
     plans = expand(spec)
     if spec.combine:
         chosen = read_json(_combine_file(folder))
-        if chosen and chosen.get("settings") is not None:
+        current = _plans_id(plans)
+        if (
+            chosen
+            and chosen.get("settings") is not None
+            and chosen.get("plans", current) == current
+        ):
             plans = plans + combine_plans(spec, folder, plans, chosen["settings"])
     return plans
 
@@ -524,6 +549,13 @@ class StudyRunner:
             self.emit(
                 "note", {"text": f"withdrew {cancelled} queued run(s) the spec no longer has"}
             )
+        # Results of workers that write into another folder (another machine) count
+        # as done here too; otherwise their runs would be queued and trained again.
+        pulled = pull_results(self.folder, self.queue, plans)
+        if pulled:
+            self.emit(
+                "note", {"text": f"wrote {pulled} run folder(s) from results held in the store"}
+            )
         self.answer_derived(plans)
         states = self.queue.key_states()
         active = 0
@@ -575,6 +607,7 @@ class StudyRunner:
                     self.spec, self.folder, [p for p in plans if p.variant != COMBINED]
                 )
                 if chosen is not None:
+                    chosen["plans"] = _plans_id(plans)
                     write_json(_combine_file(self.folder), chosen)
                     new = combine_plans(
                         self.spec,
@@ -643,11 +676,19 @@ class StudyRunner:
         procs: list[subprocess.Popen] = []
         self.folder.logs.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-        for i, cmd in enumerate(self.worker_commands(threads)):
-            logfile = open(self.folder.logs / f"worker-{i}.log", "a")  # noqa: SIM115 - closed below
-            procs.append(subprocess.Popen(cmd, stdout=logfile, stderr=subprocess.STDOUT, env=env))
-            logfile.close()
         try:
+            for i, cmd in enumerate(self.worker_commands(threads)):
+                logfile = open(self.folder.logs / f"worker-{i}.log", "a")  # noqa: SIM115 - closed below
+                # A process group of their own: Ctrl-C reaches only this process, which
+                # passes one SIGINT on to each worker. In the terminal's group a worker
+                # would get a second one (the terminal's and ours), which cuts short its
+                # checkpoint and leaves its run neither saved as interrupted nor given back.
+                procs.append(
+                    subprocess.Popen(
+                        cmd, stdout=logfile, stderr=subprocess.STDOUT, env=env, process_group=0
+                    )
+                )
+                logfile.close()
             last = None
             while any(p.poll() is None for p in procs):
                 time.sleep(self.poll_seconds)
@@ -891,13 +932,22 @@ def answer_derived(folder: StudyFolder, plans: list[RunPlan]) -> int:
     return written
 
 
-def pull_results(folder: StudyFolder, queue: StudyQueue) -> int:
+def pull_results(folder: StudyFolder, queue: StudyQueue, plans: list[RunPlan] | None = None) -> int:
     """Write run folders from results held in the store (workers that did not
     share this study folder), and the derived runs they answer; returns how many
-    were written."""
+    were written.
+
+    Only runs of the current spec (``plans``, by default the folder's) are
+    written: the store keeps the results of every earlier version of the spec
+    too, whose runs belong in ``archive/``, not in the report. A run a local
+    worker holds right now (its file lock) is left to that worker.
+    """
     from cnnlab.config import save_config
     from cnnlab.studies.derive import _write_metrics
 
+    if plans is None:
+        plans = current_plans(folder.read_spec(), folder)
+    wanted = {p.key for p in plans}
     written = 0
     for t in queue.trials():
         result = t.user_attrs.get("result") or {}
@@ -905,19 +955,27 @@ def pull_results(folder: StudyFolder, queue: StudyQueue) -> int:
         plan_data = t.user_attrs.get("plan")
         if not summary or not plan_data or t.user_attrs.get("outcome") != "trained":
             continue
+        if trial_key(t) not in wanted:
+            continue
         plan = RunPlan.from_dict(plan_data)
         run_dir = folder.run_dir(plan.key)
         if (read_summary(run_dir) or {}).get("status") in FINISHED:
             continue
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(plan.config, run_dir / "config.yaml")
-        if result.get("metrics"):
-            _write_metrics(run_dir / "metrics.csv", result["metrics"])
-        write_json(run_dir / "study.json", plan.meta())
-        write_json(run_dir / "summary.json", summary)
+        lock = FileLock(folder.locks / f"{plan.key}.lock")
+        if not lock.acquire():
+            continue
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(plan.config, run_dir / "config.yaml")
+            if result.get("metrics"):
+                _write_metrics(run_dir / "metrics.csv", result["metrics"])
+            write_json(run_dir / "study.json", plan.meta())
+            write_json(run_dir / "summary.json", summary)
+        finally:
+            lock.release()
         written += 1
     if written:
-        written += answer_derived(folder, current_plans(folder.read_spec(), folder))
+        written += answer_derived(folder, plans)
     return written
 
 

@@ -159,6 +159,12 @@ class StudySpec(BaseModel):
             data[section] = block
         return data
 
+    @field_validator("fuse", mode="before")
+    @classmethod
+    def _fuse_off(cls, v: Any) -> Any:
+        # YAML 1.1 reads a bare `off` as false: `fuse: off`, as the docs write it, means "off".
+        return "off" if v is False else v
+
     @field_validator("name")
     @classmethod
     def _valid_name(cls, v: str) -> str:
@@ -614,6 +620,23 @@ def _build_problem(name: str, options_json: str) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=64)
+def _data_problem(name: str, root: str | None) -> str | None:
+    """Why data set ``name`` does not take these options, or None when it does.
+
+    What ``cnnlab train`` refuses before it starts (``data.root`` for a data set
+    without that option, ``imagefolder`` without one), checked without reading
+    the data, which may live only on the machines that train.
+    """
+    from cnnlab.data import check_dataset_options
+
+    try:
+        check_dataset_options(name, **({"root": root} if root else {}))
+    except CnnlabError as exc:
+        return str(exc)
+    return None
+
+
 def factor_diff(config: RunConfig, base: RunConfig) -> dict[str, Any]:
     diff = flatten(config.to_dict(), skip_equal_to=flatten(base.to_dict()))
     for key in _BOOKKEEPING_KEYS:
@@ -646,6 +669,7 @@ def expand(spec: StudySpec) -> list[RunPlan]:
         chosen.append((variant, config))
     for variant, config in chosen:
         problem = _build_problem(config.model.name, _json(config.model.options()))
+        problem = problem or _data_problem(config.data.name, config.data.root)
         if problem:
             raise StudyError(f"study {spec.name!r} {variant.where}: {problem}")
 
