@@ -100,35 +100,71 @@ def test_a_fused_study_equals_the_same_study_run_by_run(tmp_path, patches):
     _assert_same_results(tmp_path / "auto", tmp_path / "off", spec)
 
 
-def test_runs_a_dead_fused_worker_left_resume_alone_and_lose_nothing(tmp_path, patches):
+def _stop_first_two(spec, folder, splits, *, after_steps: int = 5):
+    """A fused worker trains the first two runs as a group and is stopped mid-epoch."""
     from cnnlab.engine.fused import train_group
     from cnnlab.studies.folder import write_study_json
 
-    spec = spec_from_dict(fused_spec("dead"))
-    plans = expand(spec)
-    folder = StudyFolder.at(tmp_path / "auto", spec.name)
-    # A fused worker died five steps into its group of the first two runs.
-    dead = plans[:2]
-    for plan in dead:
+    stopped = expand(spec)[:2]
+    for plan in stopped:
         folder.run_dir(plan.key).mkdir(parents=True)
         write_study_json(folder.run_dir(plan.key), plan)
 
-    def die(event, info):
-        if event == "step" and info["batch"] == 5:
+    def stop(event, info):
+        if event == "step" and info["batch"] == after_steps:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
         train_group(
-            [p.config for p in dead],
-            [folder.run_dir(p.key) for p in dead],
-            splits=patches,
-            callback=die,
+            [p.config for p in stopped],
+            [folder.run_dir(p.key) for p in stopped],
+            splits=splits,
+            callback=stop,
         )
-    assert {read_summary(folder.run_dir(p.key))["status"] for p in dead} == {"interrupted"}
+    assert {read_summary(folder.run_dir(p.key))["status"] for p in stopped} == {"interrupted"}
+    return stopped
+
+
+def test_members_stopped_together_resume_together_to_the_uninterrupted_numbers(tmp_path, patches):
+    spec = spec_from_dict(fused_spec("stopped"))
+    folder = StudyFolder.at(tmp_path / "auto", spec.name)
+    stopped = _stop_first_two(spec, folder, patches)
 
     status = _run(spec, tmp_path / "auto")
     assert status.done == 8 and status.failed == 0
-    for plan in plans:
+    for plan in expand(spec):
+        summary = read_summary(folder.run_dir(plan.key))
+        log = (folder.run_dir(plan.key) / "log.txt").read_text()
+        if plan in stopped:  # resumed as one group in the fused engine, not one by one
+            assert summary["fused"]["group_size"] == 2 and "resumed" in log, plan.variant
+        else:
+            assert summary["fused"]["group_size"] == 6
+    _trained_once(tmp_path / "auto", spec)
+
+    whole = _run(spec, tmp_path / "whole")  # the same study, never interrupted
+    assert whole.done == 8
+    a, b = StudyFolder.at(tmp_path / "whole", spec.name), folder
+    for plan in expand(spec):
+        sa, sb = read_summary(a.run_dir(plan.key)), read_summary(b.run_dir(plan.key))
+        assert {m: sa["final"][m] for m in FINAL} == {m: sb["final"][m] for m in FINAL}, (
+            plan.variant
+        )
+        wa, wb = _weights(a.run_dir(plan.key)), _weights(b.run_dir(plan.key))
+        assert all(torch.equal(wa[name], wb[name]) for name in wa), plan.variant
+
+
+def test_runs_a_killed_fused_worker_left_resume_alone_and_lose_nothing(tmp_path, patches):
+    spec = spec_from_dict(fused_spec("dead"))
+    folder = StudyFolder.at(tmp_path / "auto", spec.name)
+    dead = _stop_first_two(spec, folder, patches)
+    # SIGKILL writes no "interrupted": the summaries still say what training wrote first.
+    for plan in dead:
+        path = folder.run_dir(plan.key) / "summary.json"
+        path.write_text(path.read_text().replace('"interrupted"', '"running"'))
+
+    status = _run(spec, tmp_path / "auto")
+    assert status.done == 8 and status.failed == 0
+    for plan in expand(spec):
         summary = read_summary(folder.run_dir(plan.key))
         log = (folder.run_dir(plan.key) / "log.txt").read_text()
         if plan in dead:

@@ -19,6 +19,7 @@ from cnnlab.studies.runner import StudyRunner, open_queue
 from cnnlab.studies.spec import expand, spec_from_dict
 from cnnlab.studies.worker import (
     Fusing,
+    ResumeKey,
     Worker,
     admit,
     fuse_mode,
@@ -47,6 +48,12 @@ from tests.studies.conftest import FakeTrainer, tiny_spec
         ("a", 2, "b", "started", "carry"),
         ("a", 2, "b", "finished", "reuse"),  # a finished run is reported whatever its key
         ("a", 2, "b", "busy", "duplicate"),
+        # runs Ctrl-C stopped together resume together: their key holds where they stopped
+        (None, 0, ResumeKey("a", (1, 5)), "stopped", "join"),
+        (ResumeKey("a", (1, 5)), 1, ResumeKey("a", (1, 5)), "stopped", "join"),
+        (ResumeKey("a", (1, 5)), 1, ResumeKey("a", (1, 6)), "stopped", "carry"),
+        ("a", 2, ResumeKey("a", (1, 5)), "stopped", "carry"),  # never with fresh runs
+        (None, 0, None, "stopped", "alone"),  # one that cannot fuse resumes alone
     ],
 )
 def test_admit(group_key, joined, key, state, expected):

@@ -852,6 +852,11 @@ def train_group(
         for note in m.notes:
             m.folder.log(f"note: {note}")
         m.folder.log(f"config: {m.cfg.short()}")
+        if resume and m.state.step > 0:
+            m.folder.log(
+                f"resumed after epoch {m.state.epoch} (step {m.state.step}) from the saved "
+                f"checkpoint, in a fused group of {len(members)}"
+            )
         write_summary(m, "running")
     start = next((m.state for m in members if m.status == "running"), members[0].state)
     emit(

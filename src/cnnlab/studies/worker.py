@@ -170,8 +170,10 @@ def train_plans(
     *,
     device: str | None = None,
     data: DataCache | None = None,
+    resume: bool = False,
 ) -> list[dict[str, Any]]:
-    """Train fresh planned runs as one fused group; one summary per run, in order.
+    """Train planned runs as one fused group (fresh, or ``resume`` members stopped
+    together); one summary per run, in order.
 
     A diverged member comes back with status ``diverged`` like a separate run.
     """
@@ -179,7 +181,7 @@ def train_plans(
 
     configs = [with_device(p.config, device) for p in plans]
     splits = data.get(configs[0].data) if data is not None else None
-    runs = train_group(configs, run_dirs, splits=splits)
+    runs = train_group(configs, run_dirs, splits=splits, resume=resume)
     return [dict(run.summary) for run in runs]
 
 
@@ -199,16 +201,42 @@ class Fusing:
     train: GroupFn = train_plans
 
 
-RunState = Literal["fresh", "started", "finished", "busy"]
+RunState = Literal["fresh", "started", "stopped", "finished", "busy"]
 Admit = Literal["join", "alone", "carry", "reuse", "duplicate"]
 
 
 def run_state(run_dir: Path) -> RunState:
-    """Whether a run folder is untouched, was started (a previous worker died) or finished."""
+    """Whether a run folder is untouched, was started (a previous worker died), was
+    ``stopped`` by Ctrl-C as a member of a fused group (:func:`stop_point`), or finished."""
     summary = read_summary(run_dir)
     if summary is not None and summary.get("status") in FINISHED:
         return "finished"
+    if stop_point(summary) is not None:
+        return "stopped"
     return "started" if (run_dir / "config.yaml").is_file() else "fresh"
+
+
+def stop_point(summary: Mapping[str, Any] | None) -> tuple[int, int] | None:
+    """Where a fused member interrupted by Ctrl-C stopped: (epochs completed, steps).
+
+    Its checkpoint is at that point, and so are its group's other members', so they
+    resume together in the fused engine and end as the uninterrupted group would;
+    resumed alone by the single-run trainer they would match it only up to rounding.
+    """
+    if not summary or summary.get("status") != "interrupted" or not summary.get("fused"):
+        return None
+    epochs, steps = summary.get("epochs_completed"), summary.get("steps")
+    if not isinstance(epochs, int) or not isinstance(steps, int):
+        return None
+    return epochs, steps
+
+
+@dataclass(frozen=True)
+class ResumeKey:
+    """The fusable key of stopped members: only members stopped at one point resume together."""
+
+    key: Hashable
+    point: tuple[int, int]
 
 
 def admit(group_key: Hashable | None, joined: int, key: Hashable | None, state: RunState) -> Admit:
@@ -221,8 +249,9 @@ def admit(group_key: Hashable | None, joined: int, key: Hashable | None, state: 
         state: its folder (``busy``: another local worker holds its lock).
 
     Returns:
-        ``join`` the group; train it ``alone`` (a started run resumes from its own
-        checkpoint, and ends the group so it is not held long); ``carry`` it over
+        ``join`` the group (a ``stopped`` run joins stopped runs of its key and
+        point, which resume together); train it ``alone`` (a started run resumes
+        from its own checkpoint, and ends the group so it is not held long); ``carry`` it over
         as the start of the next group (its key differs); ``reuse`` its finished
         result; or give it back as a ``duplicate``.
     """
@@ -232,7 +261,7 @@ def admit(group_key: Hashable | None, joined: int, key: Hashable | None, state: 
         return "reuse"
     if joined and (group_key is None or key != group_key):
         return "carry"
-    if state == "started":
+    if state == "started" or (state == "stopped" and key is None):
         return "alone"
     return "join"
 
@@ -496,6 +525,8 @@ class Worker:
             run_dir = self.folder.run_dir(lease.key)
             lock = FileLock(self.folder.locks / f"{lease.key}.lock")
             state: RunState = run_state(run_dir) if lock.acquire() else "busy"
+            if state == "stopped" and key is not None:
+                key = ResumeKey(key, stop_point(read_summary(run_dir)))
             action = admit(batch.key, len(batch.members), key, state)
             if action == "join":
                 if not batch.members:
@@ -533,7 +564,8 @@ class Worker:
         return self._sizes[key]
 
     def _run_group(self, members: list[tuple[Lease, Path]], key: Hashable | None = None) -> None:
-        """Train fresh runs as one fused group; each member's result reports its own lease."""
+        """Train runs as one fused group (fresh, or stopped together: ``key`` a
+        :class:`ResumeKey`); each member's result reports its own lease."""
         import torch  # loaded already by whatever trains the group
 
         assert self.fusing is not None
@@ -541,10 +573,15 @@ class Worker:
             self._start(lease, run_dir, group=len(members))
         plans = [lease.plan for lease, _ in members]
         t0 = time.perf_counter()
+        resume = {"resume": True} if isinstance(key, ResumeKey) else {}
         try:
             summaries = list(
                 self.fusing.train(
-                    plans, [run_dir for _, run_dir in members], device=self.device, data=self.data
+                    plans,
+                    [run_dir for _, run_dir in members],
+                    device=self.device,
+                    data=self.data,
+                    **resume,
                 )
             )
             if len(summaries) != len(members):
@@ -554,6 +591,13 @@ class Worker:
         except Exception as exc:  # noqa: BLE001 - the members are retried like single runs
             if isinstance(exc, torch.OutOfMemoryError) and len(members) > 1:
                 self._shrink(members, key, exc)
+                return
+            if resume and isinstance(exc, CnnlabError):
+                # Their checkpoints cannot continue as one group (say one was replaced):
+                # each resumes alone, as a dead worker's run does.
+                log.warning("stopped runs resume one by one: %s", _one_line(exc))
+                for lease, run_dir in members:
+                    self._run_locked(lease, run_dir)
                 return
             error = _one_line(exc)
             log.info("fused group of %d runs (%s, ...) failed: %s", len(plans), plans[0].key, error)
@@ -576,8 +620,8 @@ class Worker:
         same way, until all its runs were recorded failed.
         """
         size = max(1, len(members) // 2)
-        if key is not None:
-            self._sizes[key] = size
+        for kind in {key, getattr(key, "key", key)} - {None}:  # stopped runs start again fresh
+            self._sizes[kind] = size
         log.warning(
             "fused group of %d ran out of device memory (%s); trying groups of %d",
             len(members),
