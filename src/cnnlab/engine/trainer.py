@@ -511,6 +511,9 @@ def _train(
         # Stopped after the last epoch's checkpoint and before the summary:
         # no epoch left to train, the run is only finished (test, curves, summary).
         last_epoch = state.epoch
+        if cfg.train.patience and state.bad_epochs >= cfg.train.patience:
+            # Early stopping ended it; the process that decided so did not live to say so.
+            notes.append(_early_stopping_note(cfg, state))
     folder.write_config(cfg)
 
     steps_per_epoch = math.ceil(len(train_set) / cfg.train.batch_size)
@@ -768,7 +771,7 @@ def _train(
                 },
             )
             if cfg.train.patience and state.bad_epochs >= cfg.train.patience:
-                note = f"early stopping after epoch {epoch + 1}: no {cfg.train.monitor} improvement for {state.bad_epochs} epochs"
+                note = _early_stopping_note(cfg, state)
                 notes.append(note)
                 folder.log(f"note: {note}")
                 emit("note", {"text": note})
@@ -835,6 +838,13 @@ def _train(
     folder.write_summary(final)
     emit("end", {"summary": final, "path": path})
     return Run(path=path, config=cfg, summary=final)
+
+
+def _early_stopping_note(cfg: RunConfig, state: TrainState) -> str:
+    return (
+        f"early stopping after epoch {state.epoch}: no {cfg.train.monitor} improvement"
+        f" for {state.bad_epochs} epochs"
+    )
 
 
 def _divergence(
