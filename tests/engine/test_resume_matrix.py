@@ -326,3 +326,51 @@ def test_resume_refuses_a_changed_epoch_count_and_leaves_the_run_as_it_was(tmp_p
     train(None, run_dir=run_dir, resume=True, splits=splits)  # still resumes as it was
     _reference(tmp_path / "reference", BASE, splits)
     _assert_same_run(tmp_path / "reference", run_dir)
+
+
+def _sigint_at(kind: str, count: int):
+    """A global torch hook that sends this process a real SIGINT (Ctrl-C) at its ``count``-th call.
+
+    ``optimizer-step``: right after an optimizer has updated the weights, before the trainer
+    has counted the step; ``forward``: inside a training forward pass, after a batch-norm
+    layer has updated its running statistics (and with dropout masks already drawn).
+    """
+    import signal
+
+    from torch import nn
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    calls = [0]
+
+    def fire() -> None:
+        calls[0] += 1
+        if calls[0] == count:
+            signal.raise_signal(signal.SIGINT)
+
+    if kind == "optimizer-step":
+        return register_optimizer_step_post_hook(lambda *args: fire())
+
+    def forward_hook(module, args, output):
+        if module.training and isinstance(module, nn.modules.batchnorm._BatchNorm):
+            fire()
+
+    return nn.modules.module.register_module_forward_hook(forward_hook)
+
+
+@pytest.mark.parametrize(("kind", "count"), [("optimizer-step", 6), ("forward", 20)])
+def test_a_real_ctrl_c_inside_a_training_step_resumes_exactly(tmp_path, kind, count):
+    # Ctrl-C arrives wherever Python happens to be; inside a step, the weights, batch-norm
+    # statistics or RNG may already have moved on while the step is not yet counted.
+    splits = _splits()
+    overrides = [*BASE, "model=lenet5-bn", "model.dropout=0.3", "data.augment.hflip=0.5"]
+    _reference(tmp_path / "reference", overrides, splits)
+    resumed = tmp_path / "resumed"
+    hook = _sigint_at(kind, count)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _reference(resumed, overrides, splits)
+    finally:
+        hook.remove()
+    assert json.loads((resumed / "summary.json").read_text())["status"] == "interrupted"
+    train(None, run_dir=resumed, resume=True, splits=splits)
+    _assert_same_run(tmp_path / "reference", resumed)

@@ -50,6 +50,7 @@ from cnnlab.engine.inputs import (
     prepare_splits,
     to_device,
 )
+from cnnlab.engine.interrupts import deferred_interrupt
 from cnnlab.engine.optim import build_optimizer, init_weights
 from cnnlab.engine.run import (
     Run,
@@ -615,63 +616,72 @@ def _train(
                 epoch=epoch,
                 start_batch=start_batch,
             ):
-                lr = lr_at(cfg.schedule, cfg.optim.lr, state.step, steps_per_epoch, total_epochs)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                x = pipeline(
-                    xb, train=True, draws=draws[b - start_batch] if draws is not None else None
-                )
-                n_global = len(yb)
-                if ctx.enabled:
-                    x, yb = D.shard(x, ctx), D.shard(yb, ctx)
-                with autocast:
-                    out = forward(x)
-                    # A last batch smaller than the ranks leaves some shard empty; its
-                    # zero loss keeps it in DDP's gradient reduction (a mean over no
-                    # rows would be NaN, and NaN times its weight 0 still NaN).
-                    loss = (
-                        F.cross_entropy(out.float(), yb, label_smoothing=cfg.train.label_smoothing)
-                        if len(yb)
-                        else out.float().sum() * 0.0
+                # Ctrl-C waits for the step to end: inside it, the weights, batch-norm
+                # statistics or RNG may have moved on before the step is counted.
+                with deferred_interrupt():
+                    lr = lr_at(
+                        cfg.schedule, cfg.optim.lr, state.step, steps_per_epoch, total_epochs
                     )
-                optimizer.zero_grad(set_to_none=True)
-                # DDP averages gradients over ranks; weighting each shard by its share of
-                # the global batch makes the update equal to the single-process one.
-                scaled = loss * (len(yb) * ctx.world_size / n_global) if ctx.enabled else loss
-                scaler.scale(scaled).backward()
-                finite = torch.isfinite(loss.detach())
-                if cfg.train.grad_clip is not None:
-                    scaler.unscale_(optimizer)
-                    norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-                    if not scaler.is_enabled():
-                        # With fp16's scaler an infinite norm is its overflow, which
-                        # it handles by skipping the step, not a divergence.
-                        finite = finite & torch.isfinite(norm)
-                # Up to the first non-finite step, remember the last finite loss and that
-                # step; later steps (on accelerators, the rest of the epoch) change neither.
-                fresh = ~finite & ~nonfinite
-                first_bad = torch.where(fresh, state.step + 1, first_bad)
-                last_finite = torch.where(finite & ~nonfinite, loss.detach().float(), last_finite)
-                nonfinite |= ~finite
-                if every_step or b + 1 == steps_per_epoch:
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
+                    x = pipeline(
+                        xb, train=True, draws=draws[b - start_batch] if draws is not None else None
+                    )
+                    n_global = len(yb)
                     if ctx.enabled:
-                        flag = nonfinite.to(torch.int32)
-                        D.all_reduce_sum(flag)
-                        nonfinite = flag > 0
-                    if nonfinite.item():
-                        diverged = _divergence(
-                            cfg, epoch, first_bad, last_finite, state, steps_per_epoch
+                        x, yb = D.shard(x, ctx), D.shard(yb, ctx)
+                    with autocast:
+                        out = forward(x)
+                        # A last batch smaller than the ranks leaves some shard empty; its
+                        # zero loss keeps it in DDP's gradient reduction (a mean over no
+                        # rows would be NaN, and NaN times its weight 0 still NaN).
+                        loss = (
+                            F.cross_entropy(
+                                out.float(), yb, label_smoothing=cfg.train.label_smoothing
+                            )
+                            if len(yb)
+                            else out.float().sum() * 0.0
                         )
-                        break
-                scaler.step(optimizer)
-                scaler.update()
-                # The batch's sums first, then the position: an interrupt between them
-                # must not leave a trained batch out of the epoch's numbers.
-                loss_sum += loss.detach().to(loss_sum.dtype) * len(yb)
-                correct += (out.detach().argmax(1) == yb).sum()
-                seen += len(yb)
-                state.step += 1
-                state.batch = b + 1
+                    optimizer.zero_grad(set_to_none=True)
+                    # DDP averages gradients over ranks; weighting each shard by its share of
+                    # the global batch makes the update equal to the single-process one.
+                    scaled = loss * (len(yb) * ctx.world_size / n_global) if ctx.enabled else loss
+                    scaler.scale(scaled).backward()
+                    finite = torch.isfinite(loss.detach())
+                    if cfg.train.grad_clip is not None:
+                        scaler.unscale_(optimizer)
+                        norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+                        if not scaler.is_enabled():
+                            # With fp16's scaler an infinite norm is its overflow, which
+                            # it handles by skipping the step, not a divergence.
+                            finite = finite & torch.isfinite(norm)
+                    # Up to the first non-finite step, remember the last finite loss and that
+                    # step; later steps (on accelerators, the rest of the epoch) change neither.
+                    fresh = ~finite & ~nonfinite
+                    first_bad = torch.where(fresh, state.step + 1, first_bad)
+                    last_finite = torch.where(
+                        finite & ~nonfinite, loss.detach().float(), last_finite
+                    )
+                    nonfinite |= ~finite
+                    if every_step or b + 1 == steps_per_epoch:
+                        if ctx.enabled:
+                            flag = nonfinite.to(torch.int32)
+                            D.all_reduce_sum(flag)
+                            nonfinite = flag > 0
+                        if nonfinite.item():
+                            diverged = _divergence(
+                                cfg, epoch, first_bad, last_finite, state, steps_per_epoch
+                            )
+                            break
+                    scaler.step(optimizer)
+                    scaler.update()
+                    # The batch's sums first, then the position: an interrupt between them
+                    # must not leave a trained batch out of the epoch's numbers.
+                    loss_sum += loss.detach().to(loss_sum.dtype) * len(yb)
+                    correct += (out.detach().argmax(1) == yb).sum()
+                    seen += len(yb)
+                    state.step += 1
+                    state.batch = b + 1
                 emit(
                     "step",
                     {
@@ -744,15 +754,16 @@ def _train(
                     folder.checkpoints / "best.pt",
                     keep_previous=False,
                 )
-            # The epoch ends here, all at once: an interrupt before this line resumes at
+            # The epoch ends here, all at once: an interrupt before this block resumes at
             # the epoch's end (evaluated and compared again), one after it at the next epoch.
-            if better:
-                state.best_val, state.best_epoch, state.bad_epochs = monitored, epoch + 1, 0
-            else:
-                state.bad_epochs += 1
-            state.rows.append(row)
-            state.epoch, state.batch, state.partial = epoch + 1, 0, {}
-            save_last()
+            with deferred_interrupt():
+                if better:
+                    state.best_val, state.best_epoch, state.bad_epochs = monitored, epoch + 1, 0
+                else:
+                    state.bad_epochs += 1
+                state.rows.append(row)
+                state.epoch, state.batch, state.partial = epoch + 1, 0, {}
+                save_last()
             folder.write_metrics(state.rows)
             folder.log(epoch_line(row))
             folder.write_summary(summary("running"))
