@@ -125,3 +125,23 @@ def test_files_of_a_pixel_permuted_run_are_permuted_as_its_data(
 
     permuted = prepare_splits(patch_splits, run.config.data).test.images[:16]
     assert torch.equal(read_files(run, files).pixels, permuted)
+
+
+def test_export_records_the_pixel_permutation(patch_splits, tmp_path):
+    # A consumer of the exported network must permute its inputs as training did.
+    import json
+
+    from cnnlab.engine.inputs import prepare_splits
+
+    overrides = [*SMALL_RUN, "train.epochs=1", "data.permute_pixels=true", "data.permute_seed=3"]
+    run = Run.load(
+        train(load_config(overrides=overrides), run_dir=tmp_path / "r", splits=patch_splits).path
+    )
+    meta = json.loads(
+        (run.export("torchscript", out=tmp_path / "m.pt").with_suffix(".pt.json")).read_text()
+    )
+    raw = patch_splits.test.images[:4]
+    perm = torch.tensor(meta["pixel_permutation"])
+    mine = raw.reshape(4, 1, 28 * 28)[:, :, perm].reshape(4, 1, 28, 28)
+    assert torch.equal(mine, prepare_splits(patch_splits, run.config.data).test.images[:4])
+    assert "pixel-permuted" in meta["input"]
