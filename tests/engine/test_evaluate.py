@@ -100,3 +100,48 @@ def test_image_files_are_read_as_image_folders_read_them(tmp_path):
     assert t.shape == (1, 28, 28) and int(t.unique().item()) == 128
     rgb = read_image_file(f, 3, (14, 14))
     assert rgb.shape == (3, 14, 14) and int(rgb.max()) == 128
+
+
+def test_files_of_a_pixel_permuted_run_are_permuted_as_its_data(
+    patch_splits, monkeypatch, tmp_path
+):
+    # The splits are permuted once when they load; image files must get the same
+    # permutation, or the run predicts files it never learned to read (4/32 agreed).
+    from cnnlab.explain.runs import read_files
+
+    _split_data(monkeypatch, patch_splits)
+    overrides = [*SMALL_RUN, "data.permute_pixels=true", "data.permute_seed=3"]
+    run = Run.load(
+        train(load_config(overrides=overrides), run_dir=tmp_path / "r", splits=patch_splits).path
+    )
+    files = []
+    for i, img in enumerate(patch_splits.test.images[:16]):
+        files.append(tmp_path / f"img{i}.png")
+        Image.fromarray(img[0].numpy()).save(files[-1])
+    preds = run.predict(split="test", checkpoint="last", device="cpu")
+    got = predict_files(run, files, checkpoint="last", device="cpu")
+    assert [p.predicted for p in got] == [CLASSES[i] for i in preds.predicted[:16].tolist()]
+    from cnnlab.engine.inputs import prepare_splits
+
+    permuted = prepare_splits(patch_splits, run.config.data).test.images[:16]
+    assert torch.equal(read_files(run, files).pixels, permuted)
+
+
+def test_export_records_the_pixel_permutation(patch_splits, tmp_path):
+    # A consumer of the exported network must permute its inputs as training did.
+    import json
+
+    from cnnlab.engine.inputs import prepare_splits
+
+    overrides = [*SMALL_RUN, "train.epochs=1", "data.permute_pixels=true", "data.permute_seed=3"]
+    run = Run.load(
+        train(load_config(overrides=overrides), run_dir=tmp_path / "r", splits=patch_splits).path
+    )
+    meta = json.loads(
+        (run.export("torchscript", out=tmp_path / "m.pt").with_suffix(".pt.json")).read_text()
+    )
+    raw = patch_splits.test.images[:4]
+    perm = torch.tensor(meta["pixel_permutation"])
+    mine = raw.reshape(4, 1, 28 * 28)[:, :, perm].reshape(4, 1, 28, 28)
+    assert torch.equal(mine, prepare_splits(patch_splits, run.config.data).test.images[:4])
+    assert "pixel-permuted" in meta["input"]

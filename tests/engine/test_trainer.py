@@ -238,7 +238,11 @@ def test_per_epoch_augmentation_draws_equal_per_batch_transforms(patch_splits):
         g = batch_generator(7, 2, b)
         x = T.normalize(xb, (0.5,), (0.25,))
         want = T.random_flip(
-            T.random_flip(T.random_crop(x, x.shape[-2:], 3, generator=g), 0.5, generator=g),
+            T.random_flip(
+                T.random_crop(x, x.shape[-2:], 3, generator=g, fill=(0 - 0.5) / 0.25),
+                0.5,
+                generator=g,
+            ),
             0.3,
             dim=-2,
             generator=g,

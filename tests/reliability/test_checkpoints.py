@@ -34,7 +34,11 @@ QUICK = [
 
 
 def _body(run_dir: Path, mode: str, resume: bool = False) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join((str(ROOT / "src"), str(ROOT))),
+    }
     args = [sys.executable, "-m", "tests.reliability.ckpt_body", str(run_dir), mode] + (
         ["resume"] if resume else []
     )

@@ -111,12 +111,32 @@ class BatchPipeline:
             out.append((torch.rand(n, generator=g) < a.vflip).long())
         return out
 
+    def pad_black(self, x: torch.Tensor, padding: int) -> torch.Tensor:
+        """``x`` with ``padding`` black pixels on every side, black as :meth:`convert` maps it.
+
+        The crop's zero padding means zero pixels, as in the classic recipe that pads
+        the image before normalizing it; padding the normalized batch with 0 would add a
+        frame of the mean colour instead (grey around Fashion-MNIST's black background),
+        and a different one with ``data.normalize`` on than off.
+        """
+        if not self.mean:
+            return F.pad(x, (padding,) * 4, value=0.0)
+        zero = torch.zeros(1, x.shape[1], 1, 1, dtype=torch.uint8, device=x.device)
+        if self.stats is not None and self.stats[0].device == x.device:
+            black = T.normalize(zero, *self.stats)
+        else:
+            black = T.normalize(zero, self.mean, self.std)
+        n, c, h, w = x.shape
+        out = black.to(x.dtype).expand(n, c, h + 2 * padding, w + 2 * padding).clone()
+        out[:, :, padding : padding + h, padding : padding + w] = x
+        return out
+
     def augment_with(self, x: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
         """Crop and flip ``x`` (``N x C x H x W``) per image with ``draws`` (``rows x N``)."""
         a, i = self.augment, 0
         if a.crop_padding:
             size = tuple(x.shape[-2:])
-            x = T.crop_at(F.pad(x, (a.crop_padding,) * 4, value=0), draws[0], draws[1], size)
+            x = T.crop_at(self.pad_black(x, a.crop_padding), draws[0], draws[1], size)
             i = 2
         for p, dim in ((a.hflip, -1), (a.vflip, -2)):
             if p:

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from cnnlab.data import transforms as T
 from cnnlab.engine import checkpoint as ckpt
 from cnnlab.engine.batches import BatchPipeline, eval_batches
 from cnnlab.engine.inputs import build_pipeline, load_run_data
@@ -216,13 +217,29 @@ class FilePrediction:
     top: list[tuple[str, float]]
 
 
+def read_run_images(run: Run, files) -> torch.Tensor:
+    """Image files as the run's uint8 data: its channels, its stored image size, and its
+    fixed pixel permutation when it trained with ``data.permute_pixels`` (applied to the
+    splits once when they load, so the batch pipeline does not repeat it).
+
+    Without the permutation a permuted run sees files in an order it never learned and
+    its predictions are close to chance.
+    """
+    info = model_input(run)
+    size = tuple(info.get("image_size") or info["input_size"])
+    batch = torch.stack([read_image_file(f, int(info["in_channels"]), size) for f in files])
+    cfg = run.config.data
+    if cfg.permute_pixels:
+        batch = T.permute_pixels(batch, T.pixel_permutation(*size, cfg.permute_seed))
+    return batch
+
+
 def predict_files(
     run: Run, files, checkpoint: str = "best", top_k: int = 3, device: str = "auto"
 ) -> list[FilePrediction]:
-    """Predict image files, converted, resized and normalized as in training."""
+    """Predict image files, converted, resized, permuted and normalized as in training."""
     info = model_input(run)
-    size = tuple(info.get("image_size") or info["input_size"])
-    batch = torch.stack([read_image_file(f, info["in_channels"], size) for f in files])
+    batch = read_run_images(run, files)
     model = load_model(run, checkpoint, resolve_device(device))
     probs = logits_for(model, batch, run_pipeline(run)).softmax(1)
     classes = info["classes"]
@@ -242,4 +259,5 @@ __all__ = [
     "load_model",
     "predict_files",
     "predict_split",
+    "read_run_images",
 ]

@@ -2,7 +2,8 @@
 
 The exported graph takes the normalized float batch (N x C x H x W) the network
 sees in training; a JSON file beside it records the channels, input size,
-class names and normalization so a consumer can prepare inputs the same way.
+class names and normalization (and the pixel permutation of a permuted run)
+so a consumer can prepare inputs the same way.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from cnnlab.data import transforms as T
 from cnnlab.engine.evaluate import load_model, model_input
 from cnnlab.engine.run import Run, check_output_file
 from cnnlab.errors import RunError
@@ -46,6 +48,23 @@ EXPORTERS.add(
 EXPORTERS.add("torchscript", _torchscript, description="TorchScript via tracing", suffix=".pt")
 
 
+def _permutation(run: Run, info: dict) -> dict:
+    """The pixel permutation of a ``data.permute_pixels`` run, which its inputs need too.
+
+    Without it a consumer prepares unpermuted images and the exported network, which
+    never saw one, answers near chance.
+    """
+    cfg = run.config.data
+    if not cfg.permute_pixels:
+        return {}
+    h, w = info["image_size"]
+    return {
+        "input": "float32 N x C x H x W: pixel-permuted at image_size, normalized, resized"
+        " to input_size",
+        "pixel_permutation": T.pixel_permutation(h, w, cfg.permute_seed).tolist(),
+    }
+
+
 def export_run(
     run: Run, fmt: str = "onnx", out: str | Path | None = None, checkpoint: str = "best"
 ) -> Path:
@@ -72,6 +91,7 @@ def export_run(
         "checkpoint": checkpoint,
         "input": "float32 N x C x H x W, normalized",
         **info,
+        **_permutation(run, info),
     }
     try:
         meta_path.write_text(json.dumps(meta, indent=2))

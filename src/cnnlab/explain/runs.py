@@ -84,13 +84,10 @@ def _split_set(run, split: str):
 
 
 def read_files(run, files: Sequence[str | Path]) -> Images:
-    """Image files converted to the run's channels and size (DataError for unreadable ones)."""
-    from cnnlab.engine.evaluate import read_image_file
+    """Image files converted to the run's channels, size and pixel permutation (DataError for unreadable ones)."""
+    from cnnlab.engine.evaluate import read_run_images
 
-    info = _model_input(run)
-    size = tuple(info.get("image_size") or info["input_size"])
-    pixels = torch.stack([read_image_file(f, int(info["in_channels"]), size) for f in files])
-    return Images(pixels, None, [Path(f).name for f in files])
+    return Images(read_run_images(run, files), None, [Path(f).name for f in files])
 
 
 def select_images(
