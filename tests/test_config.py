@@ -180,3 +180,34 @@ def test_model_option_values_are_checked_with_the_config(override, message):
     with pytest.raises(ConfigError) as exc:
         load_config(overrides=[override])
     assert str(exc.value).startswith(message)
+
+
+@pytest.mark.parametrize("text, value", [("1e-3", 0.001), ("1E3", 1000.0), ("-2e+2", -200.0)])
+def test_exponent_floats_are_numbers(text, value):
+    # PyYAML (YAML 1.1) reads 1e-3 as the string '1e-3'; a model option then refused it.
+    from cnnlab.config import parse_value
+
+    assert parse_value(text) == value and isinstance(parse_value(text), float)
+    if value < 1:
+        assert load_config(overrides=[f"model.dropout={text}"]).model.options() == {
+            "dropout": value
+        }
+
+
+def test_exponent_floats_in_files_and_overrides_mean_the_same_run(tmp_path):
+    f = tmp_path / "run.yaml"
+    f.write_text("model:\n  dropout: 1e-1\noptim:\n  lr: 1e-3\n")
+    from_file = load_config(f)
+    typed = load_config(overrides=["model.dropout=1e-1", "optim.lr=1e-3"])
+    plain = load_config(overrides=["model.dropout=0.1", "optim.lr=0.001"])
+    assert from_file.model.options() == {"dropout": 0.1}
+    assert from_file.fingerprint() == typed.fingerprint() == plain.fingerprint()
+
+
+def test_saved_config_reads_back_strings_that_look_like_exponents(tmp_path):
+    from cnnlab.config import save_config
+
+    cfg = load_config(overrides=["data.root='1e3'"])
+    save_config(cfg, tmp_path / "config.yaml")
+    again = load_config(tmp_path / "config.yaml")
+    assert again.data.root == "1e3" and again.fingerprint() == cfg.fingerprint()

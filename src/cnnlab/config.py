@@ -311,12 +311,40 @@ def flatten(
     return out
 
 
+# PyYAML follows YAML 1.1, where a float needs a dot: ``1e-3`` would stay the
+# string '1e-3' (refused by model options, a different run key from 0.001, a
+# different study level). YAML 1.2 and every other reader take it as a number.
+_EXPONENT_FLOAT = re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
+
+
+class _Loader(yaml.SafeLoader):
+    """``safe_load`` that also reads ``1e-3`` as a float (no Python object tags, ever)."""
+
+
+class _Dumper(yaml.SafeDumper):
+    """``safe_dump`` that quotes the string '1e-3', so it reads back as a string."""
+
+
+for _cls in (_Loader, _Dumper):
+    _cls.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+0123456789"))
+
+
+def load_yaml_text(text: str) -> Any:
+    """YAML text as cnnlab reads it everywhere (safe, and ``1e-3`` is a number)."""
+    return yaml.load(text, Loader=_Loader)
+
+
+def dump_yaml(data: Any, **kwargs: Any) -> str:
+    """``yaml.safe_dump`` whose output :func:`load_yaml_text` reads back unchanged."""
+    return yaml.dump(data, Dumper=_Dumper, **kwargs)
+
+
 def parse_value(text: str) -> Any:
-    """A command-line value as YAML scalar or list (``0.1``, ``true``, ``[2,2,2,2]``, ``none``)."""
+    """A command-line value as YAML scalar or list (``0.1``, ``1e-3``, ``true``, ``[2,2,2,2]``, ``none``)."""
     if text.strip().lower() in ("none", "null", "~"):
         return None
     try:
-        return yaml.safe_load(text)
+        return load_yaml_text(text)
     except yaml.YAMLError:
         return text
 
@@ -368,8 +396,8 @@ def merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """``safe_load`` that refuses a key written twice in one mapping.
+class _UniqueKeyLoader(_Loader):
+    """:func:`load_yaml_text`'s loader that refuses a key written twice in one mapping.
 
     Plain YAML keeps the last of two ``optim:`` sections without a word, so
     half of what the user wrote would silently not apply.
@@ -484,4 +512,4 @@ def load_config(
 
 
 def save_config(config: RunConfig, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    Path(path).write_text(dump_yaml(config.to_dict(), sort_keys=False))
