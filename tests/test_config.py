@@ -211,3 +211,36 @@ def test_saved_config_reads_back_strings_that_look_like_exponents(tmp_path):
     save_config(cfg, tmp_path / "config.yaml")
     again = load_config(tmp_path / "config.yaml")
     assert again.data.root == "1e3" and again.fingerprint() == cfg.fingerprint()
+
+
+@pytest.mark.parametrize(
+    "spellings, stored",
+    [
+        (["model.activation=ReLU", "model.activation=relu"], {"activation": "relu"}),
+        (
+            ["model=lenet5-modern model.dropout=0", "model=lenet5-modern model.dropout=0.0"],
+            {"dropout": 0.0},
+        ),
+        (
+            ["model=resnet18 model.shortcut=zero_pad", "model=resnet18 model.shortcut=zero-pad"],
+            {"shortcut": "zero-pad"},
+        ),
+        (["model=resnet18 model.width=1", "model=resnet18 model.width=1.0"], {"width": 1.0}),
+    ],
+)
+def test_model_option_spellings_of_one_network_are_one_run(spellings, stored):
+    # Names are looked up case-insensitively and 0 is 0.0: a different run key would
+    # train the same network twice in a study and report it as a level of its own.
+    configs = [load_config(overrides=s.split()) for s in spellings]
+    assert len({c.fingerprint() for c in configs}) == 1
+    assert configs[0].model.options() == stored
+
+
+@pytest.mark.parametrize("value", ["none", "null", "~"])
+def test_norm_none_can_be_typed_on_the_command_line(value):
+    # `none` is read as null on the command line; norm takes the name 'none' and never null.
+    cfg = load_config(overrides=["model=resnet18", f"model.norm={value}"])
+    assert cfg.model.options() == {"norm": "none"}
+    assert load_config(overrides=["model.conv_activation=none"]).model.options() == {
+        "conv_activation": None
+    }

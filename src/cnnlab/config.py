@@ -107,7 +107,13 @@ class ModelConfig(BaseModel):
 
     @model_validator(mode="after")
     def _known_model(self) -> ModelConfig:
-        from cnnlab.models import MODELS, check_options, list_models, model_options
+        from cnnlab.models import (
+            MODELS,
+            canonical_options,
+            check_options,
+            list_models,
+            model_options,
+        )
 
         if self.name not in MODELS and self.name not in list_models():
             raise ValueError(
@@ -120,6 +126,8 @@ class ModelConfig(BaseModel):
                     f"model.{key} is not an option of {normalize_name(self.name)!r}; "
                     f"options: {', '.join(sorted(allowed)) or 'none'}"
                 )
+        # One spelling per value (ReLU/relu, dropout 0/0.0): the same network, the same run key.
+        self.model_extra.update(canonical_options(self.name, self.options()))
         # Values by the kind the builder declares (kernel_size=0, hidden=[-1]), before any data loads.
         check_options(self.name, self.options())
         object.__setattr__(self, "name", normalize_name(self.name))
