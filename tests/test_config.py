@@ -244,3 +244,33 @@ def test_norm_none_can_be_typed_on_the_command_line(value):
     assert load_config(overrides=["model.conv_activation=none"]).model.options() == {
         "conv_activation": None
     }
+
+
+@pytest.mark.parametrize("betas", ["[1.5,0.99]", "[0.9,1]", "[-0.1,0.9]", "[.nan,0.9]"])
+def test_betas_are_below_one(betas):
+    # torch refused them only when building the optimizer, with a traceback.
+    with pytest.raises(ConfigError, match=r"optim.betas=.* use two numbers in \[0, 1\)"):
+        load_config(overrides=["optim=adam", f"optim.betas={betas}"])
+
+
+def test_cosine_min_lr_above_the_lr_is_refused():
+    # It raised the lr from 0.9 to 5 over the run instead of decaying it.
+    with pytest.raises(ConfigError, match="schedule.min_lr=5.0 is above optim.lr=0.9"):
+        load_config(overrides=["schedule=cosine", "schedule.min_lr=5"])
+    assert load_config(overrides=["schedule=step", "schedule.min_lr=5"]).schedule.min_lr == 5
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["optim={name: adam, lr: 0.01}"],
+        ["optim=adam", "optim={lr: 0.01}"],
+        ["optim={lr: 0.01}", "optim=adam"],
+    ],
+)
+def test_a_whole_section_can_be_set(overrides):
+    # `optim={...}` was read as the optimizer's name: "optim.name={'name': 'adam', ...}".
+    cfg = load_config(overrides=overrides)
+    assert (cfg.optim.name, cfg.optim.lr) == ("adam", 0.01)
+    cfg = load_config(overrides=["model=resnet18", "model={stem: small, width: 0.5}"])
+    assert cfg.model.name == "resnet18" and cfg.model.options() == {"stem": "small", "width": 0.5}

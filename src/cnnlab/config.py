@@ -155,6 +155,17 @@ class OptimConfig(_Section):
             raise ValueError(f"optim.betas={_fmt_yaml(value)}: give two numbers, e.g. [0.9, 0.999]")
         return value
 
+    @field_validator("betas")
+    @classmethod
+    def _betas_below_one(cls, value: tuple[float, float]) -> tuple[float, float]:
+        # torch refuses them only when the optimizer is built, with a traceback.
+        if not all(0.0 <= b < 1.0 for b in value):
+            raise ValueError(
+                f"optim.betas={_fmt_yaml(list(value))} is not allowed; "
+                "use two numbers in [0, 1) such as [0.9, 0.999]"
+            )
+        return value
+
     @model_validator(mode="after")
     def _nesterov_needs_momentum(self) -> OptimConfig:
         if self.nesterov and (self.name != "sgd" or self.momentum <= 0):
@@ -270,6 +281,17 @@ class RunConfig(_Section):
     schedule: ScheduleConfig = ScheduleConfig()
     train: TrainConfig = TrainConfig()
 
+    @model_validator(mode="after")
+    def _cosine_ends_below_its_start(self) -> RunConfig:
+        # The cosine goes from optim.lr to schedule.min_lr: a higher min_lr would raise
+        # the lr through the run (to 5.0 from 0.9) while the log calls it a decay.
+        if self.schedule.name == "cosine" and self.schedule.min_lr > self.optim.lr:
+            raise ValueError(
+                f"schedule.min_lr={self.schedule.min_lr!r} is above optim.lr={self.optim.lr!r}; "
+                "the cosine schedule decays from optim.lr down to schedule.min_lr"
+            )
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
@@ -367,9 +389,14 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
             raise ConfigError(
                 f"override {item!r} must look like key=value (for example optim.lr=0.05)"
             )
+        value = parse_value(raw)
+        if isinstance(value, dict):  # optim={name: adam, lr: 0.01}: each key, as if typed alone
+            for dotted, leaf in flatten(value, f"{key}.").items():
+                set_dotted(tree, dotted, leaf)
+            continue
         if key in _SHORTHANDS:
             key = f"{key}.name"
-        set_dotted(tree, key, parse_value(raw))
+        set_dotted(tree, key, value)
     return tree
 
 
