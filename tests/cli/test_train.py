@@ -478,3 +478,12 @@ def test_a_run_config_trains_the_same_run_again(tree, tmp_path):
     assert load_config(second / "config.yaml").fingerprint() == cfg.fingerprint()
     summaries = [json.loads((p / "summary.json").read_text()) for p in (first, second)]
     assert summaries[0]["final"] == summaries[1]["final"]
+
+
+def test_without_a_validation_split_best_names_the_training_metric(tree, tmp_path):
+    # summary.json called the best train accuracy "val_acc" (studies read it as best_val_acc).
+    args = _train_args(tree, tmp_path / "runs", "train.epochs=1", "data.val_fraction=0")
+    assert main(args) == 0
+    summary = json.loads((tmp_path / "runs" / "r" / "summary.json").read_text())
+    assert summary["final"]["val_acc"] is None
+    assert summary["best"] == {"train_acc": summary["final"]["train_acc"], "epoch": 1}
