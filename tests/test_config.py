@@ -180,3 +180,97 @@ def test_model_option_values_are_checked_with_the_config(override, message):
     with pytest.raises(ConfigError) as exc:
         load_config(overrides=[override])
     assert str(exc.value).startswith(message)
+
+
+@pytest.mark.parametrize("text, value", [("1e-3", 0.001), ("1E3", 1000.0), ("-2e+2", -200.0)])
+def test_exponent_floats_are_numbers(text, value):
+    # PyYAML (YAML 1.1) reads 1e-3 as the string '1e-3'; a model option then refused it.
+    from cnnlab.config import parse_value
+
+    assert parse_value(text) == value and isinstance(parse_value(text), float)
+    if value < 1:
+        assert load_config(overrides=[f"model.dropout={text}"]).model.options() == {
+            "dropout": value
+        }
+
+
+def test_exponent_floats_in_files_and_overrides_mean_the_same_run(tmp_path):
+    f = tmp_path / "run.yaml"
+    f.write_text("model:\n  dropout: 1e-1\noptim:\n  lr: 1e-3\n")
+    from_file = load_config(f)
+    typed = load_config(overrides=["model.dropout=1e-1", "optim.lr=1e-3"])
+    plain = load_config(overrides=["model.dropout=0.1", "optim.lr=0.001"])
+    assert from_file.model.options() == {"dropout": 0.1}
+    assert from_file.fingerprint() == typed.fingerprint() == plain.fingerprint()
+
+
+def test_saved_config_reads_back_strings_that_look_like_exponents(tmp_path):
+    from cnnlab.config import save_config
+
+    cfg = load_config(overrides=["data.root='1e3'"])
+    save_config(cfg, tmp_path / "config.yaml")
+    again = load_config(tmp_path / "config.yaml")
+    assert again.data.root == "1e3" and again.fingerprint() == cfg.fingerprint()
+
+
+@pytest.mark.parametrize(
+    "spellings, stored",
+    [
+        (["model.activation=ReLU", "model.activation=relu"], {"activation": "relu"}),
+        (
+            ["model=lenet5-modern model.dropout=0", "model=lenet5-modern model.dropout=0.0"],
+            {"dropout": 0.0},
+        ),
+        (
+            ["model=resnet18 model.shortcut=zero_pad", "model=resnet18 model.shortcut=zero-pad"],
+            {"shortcut": "zero-pad"},
+        ),
+        (["model=resnet18 model.width=1", "model=resnet18 model.width=1.0"], {"width": 1.0}),
+    ],
+)
+def test_model_option_spellings_of_one_network_are_one_run(spellings, stored):
+    # Names are looked up case-insensitively and 0 is 0.0: a different run key would
+    # train the same network twice in a study and report it as a level of its own.
+    configs = [load_config(overrides=s.split()) for s in spellings]
+    assert len({c.fingerprint() for c in configs}) == 1
+    assert configs[0].model.options() == stored
+
+
+@pytest.mark.parametrize("value", ["none", "null", "~"])
+def test_norm_none_can_be_typed_on_the_command_line(value):
+    # `none` is read as null on the command line; norm takes the name 'none' and never null.
+    cfg = load_config(overrides=["model=resnet18", f"model.norm={value}"])
+    assert cfg.model.options() == {"norm": "none"}
+    assert load_config(overrides=["model.conv_activation=none"]).model.options() == {
+        "conv_activation": None
+    }
+
+
+@pytest.mark.parametrize("betas", ["[1.5,0.99]", "[0.9,1]", "[-0.1,0.9]", "[.nan,0.9]"])
+def test_betas_are_below_one(betas):
+    # torch refused them only when building the optimizer, with a traceback.
+    with pytest.raises(ConfigError, match=r"optim.betas=.* use two numbers in \[0, 1\)"):
+        load_config(overrides=["optim=adam", f"optim.betas={betas}"])
+
+
+def test_cosine_min_lr_above_the_lr_is_refused():
+    # It raised the lr from 0.9 to 5 over the run instead of decaying it.
+    with pytest.raises(ConfigError, match="schedule.min_lr=5.0 is above optim.lr=0.9"):
+        load_config(overrides=["schedule=cosine", "schedule.min_lr=5"])
+    assert load_config(overrides=["schedule=step", "schedule.min_lr=5"]).schedule.min_lr == 5
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["optim={name: adam, lr: 0.01}"],
+        ["optim=adam", "optim={lr: 0.01}"],
+        ["optim={lr: 0.01}", "optim=adam"],
+    ],
+)
+def test_a_whole_section_can_be_set(overrides):
+    # `optim={...}` was read as the optimizer's name: "optim.name={'name': 'adam', ...}".
+    cfg = load_config(overrides=overrides)
+    assert (cfg.optim.name, cfg.optim.lr) == ("adam", 0.01)
+    cfg = load_config(overrides=["model=resnet18", "model={stem: small, width: 0.5}"])
+    assert cfg.model.name == "resnet18" and cfg.model.options() == {"stem": "small", "width": 0.5}

@@ -107,7 +107,13 @@ class ModelConfig(BaseModel):
 
     @model_validator(mode="after")
     def _known_model(self) -> ModelConfig:
-        from cnnlab.models import MODELS, check_options, list_models, model_options
+        from cnnlab.models import (
+            MODELS,
+            canonical_options,
+            check_options,
+            list_models,
+            model_options,
+        )
 
         if self.name not in MODELS and self.name not in list_models():
             raise ValueError(
@@ -120,6 +126,8 @@ class ModelConfig(BaseModel):
                     f"model.{key} is not an option of {normalize_name(self.name)!r}; "
                     f"options: {', '.join(sorted(allowed)) or 'none'}"
                 )
+        # One spelling per value (ReLU/relu, dropout 0/0.0): the same network, the same run key.
+        self.model_extra.update(canonical_options(self.name, self.options()))
         # Values by the kind the builder declares (kernel_size=0, hidden=[-1]), before any data loads.
         check_options(self.name, self.options())
         object.__setattr__(self, "name", normalize_name(self.name))
@@ -145,6 +153,17 @@ class OptimConfig(_Section):
         # pydantic's own message names the missing member: "optim.betas.1: field required".
         if not isinstance(value, (list, tuple)) or len(value) != 2:
             raise ValueError(f"optim.betas={_fmt_yaml(value)}: give two numbers, e.g. [0.9, 0.999]")
+        return value
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_below_one(cls, value: tuple[float, float]) -> tuple[float, float]:
+        # torch refuses them only when the optimizer is built, with a traceback.
+        if not all(0.0 <= b < 1.0 for b in value):
+            raise ValueError(
+                f"optim.betas={_fmt_yaml(list(value))} is not allowed; "
+                "use two numbers in [0, 1) such as [0.9, 0.999]"
+            )
         return value
 
     @model_validator(mode="after")
@@ -262,6 +281,17 @@ class RunConfig(_Section):
     schedule: ScheduleConfig = ScheduleConfig()
     train: TrainConfig = TrainConfig()
 
+    @model_validator(mode="after")
+    def _cosine_ends_below_its_start(self) -> RunConfig:
+        # The cosine goes from optim.lr to schedule.min_lr: a higher min_lr would raise
+        # the lr through the run (to 5.0 from 0.9) while the log calls it a decay.
+        if self.schedule.name == "cosine" and self.schedule.min_lr > self.optim.lr:
+            raise ValueError(
+                f"schedule.min_lr={self.schedule.min_lr!r} is above optim.lr={self.optim.lr!r}; "
+                "the cosine schedule decays from optim.lr down to schedule.min_lr"
+            )
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
@@ -311,12 +341,40 @@ def flatten(
     return out
 
 
+# PyYAML follows YAML 1.1, where a float needs a dot: ``1e-3`` would stay the
+# string '1e-3' (refused by model options, a different run key from 0.001, a
+# different study level). YAML 1.2 and every other reader take it as a number.
+_EXPONENT_FLOAT = re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
+
+
+class _Loader(yaml.SafeLoader):
+    """``safe_load`` that also reads ``1e-3`` as a float (no Python object tags, ever)."""
+
+
+class _Dumper(yaml.SafeDumper):
+    """``safe_dump`` that quotes the string '1e-3', so it reads back as a string."""
+
+
+for _cls in (_Loader, _Dumper):
+    _cls.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+0123456789"))
+
+
+def load_yaml_text(text: str) -> Any:
+    """YAML text as cnnlab reads it everywhere (safe, and ``1e-3`` is a number)."""
+    return yaml.load(text, Loader=_Loader)
+
+
+def dump_yaml(data: Any, **kwargs: Any) -> str:
+    """``yaml.safe_dump`` whose output :func:`load_yaml_text` reads back unchanged."""
+    return yaml.dump(data, Dumper=_Dumper, **kwargs)
+
+
 def parse_value(text: str) -> Any:
-    """A command-line value as YAML scalar or list (``0.1``, ``true``, ``[2,2,2,2]``, ``none``)."""
+    """A command-line value as YAML scalar or list (``0.1``, ``1e-3``, ``true``, ``[2,2,2,2]``, ``none``)."""
     if text.strip().lower() in ("none", "null", "~"):
         return None
     try:
-        return yaml.safe_load(text)
+        return load_yaml_text(text)
     except yaml.YAMLError:
         return text
 
@@ -331,9 +389,14 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
             raise ConfigError(
                 f"override {item!r} must look like key=value (for example optim.lr=0.05)"
             )
+        value = parse_value(raw)
+        if isinstance(value, dict):  # optim={name: adam, lr: 0.01}: each key, as if typed alone
+            for dotted, leaf in flatten(value, f"{key}.").items():
+                set_dotted(tree, dotted, leaf)
+            continue
         if key in _SHORTHANDS:
             key = f"{key}.name"
-        set_dotted(tree, key, parse_value(raw))
+        set_dotted(tree, key, value)
     return tree
 
 
@@ -368,8 +431,8 @@ def merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """``safe_load`` that refuses a key written twice in one mapping.
+class _UniqueKeyLoader(_Loader):
+    """:func:`load_yaml_text`'s loader that refuses a key written twice in one mapping.
 
     Plain YAML keeps the last of two ``optim:`` sections without a word, so
     half of what the user wrote would silently not apply.
@@ -484,4 +547,4 @@ def load_config(
 
 
 def save_config(config: RunConfig, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    Path(path).write_text(dump_yaml(config.to_dict(), sort_keys=False))

@@ -442,3 +442,48 @@ def test_ctrl_c_before_training_says_there_is_nothing_to_resume(
     assert main(_train_args(tree, tmp_path / "runs")) == 130
     err = capsys.readouterr().err.strip()
     assert err == "interrupted before training started; there is nothing to resume", err
+
+
+def test_a_run_config_trains_the_same_run_again(tree, tmp_path):
+    # Values written the way users type them (1e-3, none, ReLU, a section mapping):
+    # the saved config.yaml must reload to the same config and start the same run.
+    from cnnlab.config import load_config
+
+    args = _train_args(
+        tree,
+        tmp_path / "runs",
+        "train.epochs=1",
+        "optim={name: adam, lr: 1e-3, betas: [0.9, 0.99]}",
+        "model.norm=none",
+        "model.activation=ReLU",
+        "model.dropout=0",
+        "model.channels=[6,16]",
+        "data.resize=32",
+    )
+    assert main(args) == 0
+    first = tmp_path / "runs" / "r"
+    cfg = load_config(first / "config.yaml")
+    assert (cfg.optim.name, cfg.optim.lr, cfg.optim.betas) == ("adam", 0.001, (0.9, 0.99))
+    assert cfg.model.options() == {
+        "norm": "none",
+        "activation": "relu",
+        "dropout": 0.0,
+        "channels": [6, 16],
+    }
+    assert f"config: {cfg.short()}" in (first / "log.txt").read_text()
+    again = ["train", "--config", str(first / "config.yaml"), "--runs", str(tmp_path / "runs")]
+    assert main([*again, "--name", "r2"]) == 0
+    second = tmp_path / "runs" / "r2"
+    assert (second / "config.yaml").read_text() == (first / "config.yaml").read_text()
+    assert load_config(second / "config.yaml").fingerprint() == cfg.fingerprint()
+    summaries = [json.loads((p / "summary.json").read_text()) for p in (first, second)]
+    assert summaries[0]["final"] == summaries[1]["final"]
+
+
+def test_without_a_validation_split_best_names_the_training_metric(tree, tmp_path):
+    # summary.json called the best train accuracy "val_acc" (studies read it as best_val_acc).
+    args = _train_args(tree, tmp_path / "runs", "train.epochs=1", "data.val_fraction=0")
+    assert main(args) == 0
+    summary = json.loads((tmp_path / "runs" / "r" / "summary.json").read_text())
+    assert summary["final"]["val_acc"] is None
+    assert summary["best"] == {"train_acc": summary["final"]["train_acc"], "epoch": 1}

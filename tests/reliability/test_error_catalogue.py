@@ -107,6 +107,8 @@ CASES = [
     (["train", "model.hidden=abc"], "hidden='abc' is not allowed"),
     (["train", "optim.lr=true"], "optim.lr=true: expected a number"),
     (["train", "optim.betas=[0.9]"], "give two numbers"),
+    (["train", "optim=adam", "optim.betas=[1.5,0.99]"], "use two numbers in [0, 1)"),
+    (["train", "schedule=cosine", "schedule.min_lr=5"], "schedule.min_lr=5.0 is above optim.lr"),
     (["train", "schedule.milestones=[-1]"], "schedule.milestones=[-1]"),
     (["train", "lr0.1"], "must look like key=value"),
     (["train", "data.val_fraction=1.5"], "data.val_fraction=1.5"),

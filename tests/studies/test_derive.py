@@ -52,3 +52,12 @@ def test_a_diverged_source_answers_earlier_epochs_and_diverges_later_ones():
 def test_missing_epochs_of_an_unfinished_source_are_an_error():
     with pytest.raises(StudyError, match="2 epochs of curves; 3 are needed"):
         derived_summary({"status": "completed"}, _rows(2), _plan(3), "src")
+
+
+def test_without_a_validation_split_best_names_the_training_metric():
+    # The best epoch is then picked by train_acc; calling it val_acc would rank a
+    # study's best_val_acc by training accuracy.
+    rows = [{**r, "val_loss": None, "val_acc": None} for r in _rows(4)]
+    source = {"status": "completed", "epochs_completed": 4, "device": "cpu"}
+    s = derived_summary(source, rows, _plan(3), "src")
+    assert s["best"] == {"train_acc": pytest.approx(0.3), "epoch": 3}

@@ -301,3 +301,14 @@ def test_fuse_off_written_bare_in_yaml_means_off(tmp_path):
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(tiny_spec()) + "fuse: off\n")
     assert load_spec(path).fuse == "off"
+
+
+def test_option_values_written_differently_from_the_base_are_the_base():
+    # dropout 0 is the default 0.0 and Sigmoid is lenet5's sigmoid: the same network.
+    vary = {"model.dropout": [0, 0.5], "model.activation": ["Sigmoid", "relu"]}
+    plans = expand(spec_from_dict(tiny_spec(vary=vary, repeats=1)))
+    assert [p.variant for p in plans] == [
+        "base",
+        "model.dropout=0.5",
+        "model.activation=relu",
+    ]

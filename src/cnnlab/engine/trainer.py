@@ -167,6 +167,16 @@ def is_better(value: float, best: float | None, monitor: str) -> bool:
     return value > best if monitor == "val_acc" else value < best
 
 
+def best_metric(monitor: str, has_val: bool) -> str:
+    """The metric that picked the best epoch, as summary.json's ``best`` names it.
+
+    Without a validation split (``data.val_fraction=0``) the training metric is
+    monitored instead; calling it ``val_acc`` would let a study rank by
+    ``best_val_acc`` on training accuracy.
+    """
+    return monitor if has_val else monitor.replace("val_", "train_", 1)
+
+
 def run_summary(
     name: str,
     status: str,
@@ -195,7 +205,7 @@ def run_summary(
             for k in ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")
         },
         "best": {
-            "val_acc" if cfg.train.monitor == "val_acc" else "val_loss": state.best_val,
+            best_metric(cfg.train.monitor, sizes["val"] > 0): state.best_val,
             "epoch": state.best_epoch,
         },
         "time": {

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from cnnlab.errors import ModelError
-from cnnlab.models.base import Network, check_option_values, meta_forward
+from cnnlab.models.base import Network, canonical_option_values, check_option_values, meta_forward
 from cnnlab.registry import Registry
 
 MODELS: Registry[Callable[..., Network]] = Registry("model")
@@ -76,6 +76,14 @@ def check_options(name: str, options: dict[str, Any]) -> None:
         check_option_values(entry.obj, options)
     except ModelError as exc:
         raise ModelError(f"model {entry.name!r}: {exc}") from None
+
+
+def canonical_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` of model ``name`` with one spelling per value (``ReLU`` -> ``relu``,
+    ``dropout: 0`` -> ``0.0``, ``norm: null`` -> ``'none'``), so that values that
+    build the same network make the same run config."""
+    _load_families()
+    return canonical_option_values(MODELS.get(name), options)
 
 
 def _options_text(options: dict[str, Any]) -> str:

@@ -144,6 +144,39 @@ def check_option_value(hint: Any, option: str, value: Any, default: Any = None) 
         raise ModelError(f"{option}={value!r} is not allowed; use a name{_example(default)}")
 
 
+def canonical_option_value(hint: Any, value: Any) -> Any:
+    """One spelling for each model option value, read from the builder's annotation.
+
+    Values that build the same network must give the same run key and study
+    level: names as their registry form (``ReLU`` and ``relu``, ``zero_pad`` and
+    ``zero-pad``: every family looks names up through :func:`normalize_name`),
+    whole numbers for float options as floats (``dropout: 0`` is the default
+    ``0.0``), and a bare ``none`` typed on the command line (read as null) as the
+    name ``'none'`` for options that take a name and never null (``norm=none``).
+    Anything else is returned as given, for :func:`check_option_value` to judge.
+    """
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        kinds = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None or len(kinds) != 1:
+            return value
+        hint = kinds[0]
+    elif hint is str and value is None:
+        return "none"
+    if hint is str and isinstance(value, str):
+        return normalize_name(value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def canonical_option_values(
+    builder: Callable[..., Any], options: Mapping[str, Any]
+) -> dict[str, Any]:
+    """``options`` with each value in its one spelling (see :func:`canonical_option_value`)."""
+    hints = _option_hints(builder)
+    return {k: canonical_option_value(hints[k], v) if k in hints else v for k, v in options.items()}
+
+
 def check_option_values(builder: Callable[..., Any], options: Mapping[str, Any]) -> None:
     """Check every option in ``options`` against ``builder``'s signature (see above)."""
     hints = _option_hints(builder)

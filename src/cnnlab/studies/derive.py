@@ -34,6 +34,8 @@ def derived_summary(
     source: dict[str, Any], rows: list[dict[str, Any]], plan: RunPlan, source_key: str
 ) -> dict[str, Any]:
     """The summary an ``epochs``-epoch run would have written, from the source's rows."""
+    from cnnlab.engine.trainer import best_metric
+
     epochs = plan.config.train.epochs
     head = [r for r in rows if int(r["epoch"]) <= epochs]
     if len(head) >= epochs:
@@ -62,7 +64,10 @@ def derived_summary(
         "name": plan.key,
         "status": status,
         "final": {k: last.get(k) for k in _FINAL_KEYS},
-        "best": {monitor: best_val, "epoch": best_epoch},
+        "best": {
+            best_metric(monitor, any(row.get(monitor) is not None for row in head)): best_val,
+            "epoch": best_epoch,
+        },
         "time": {
             "train_seconds": seconds,
             "total_seconds": None,

@@ -26,9 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
-import yaml
-
-from cnnlab.config import read_yaml
+from cnnlab.config import dump_yaml, read_yaml
 from cnnlab.errors import ConfigError, StudyError
 from cnnlab.studies.spec import RunPlan, StudySpec, spec_from_dict
 
@@ -92,7 +90,7 @@ class StudyFolder:
             ) from None
 
     def write_spec(self, spec: StudySpec) -> None:
-        text = yaml.safe_dump(spec.to_yaml_dict(), sort_keys=False, allow_unicode=True)
+        text = dump_yaml(spec.to_yaml_dict(), sort_keys=False, allow_unicode=True)
         atomic_write(self.spec_file, text)
 
     def read_spec(self) -> StudySpec:

@@ -12,8 +12,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from cnnlab.config import load_yaml_text
 from cnnlab.errors import StudyError
 from cnnlab.registry import Registry
 from cnnlab.studies.spec import StudySpec, spec_from_dict
@@ -33,7 +32,7 @@ def _load() -> None:
     _loaded = True
     folder = _recipe_dir()
     for path in sorted(folder.glob("*.yaml")) if folder.is_dir() else []:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml_text(path.read_text()) or {}
         RECIPES.add(
             path.stem, path, description=_first_sentence(str(data.get("description") or ""))
         )
@@ -77,7 +76,7 @@ def recipe_specs(
     """The validated study spec(s) of a recipe, with ``quick`` and then ``overrides``
     (dotted keys merged into every part's base) applied."""
     path = recipe_path(name)
-    data = yaml.safe_load(path.read_text()) or {}
+    data = load_yaml_text(path.read_text()) or {}
     specs = []
     for i, part in enumerate(_parts(data, name)):
         spec = spec_from_dict(

@@ -888,9 +888,9 @@ def run_worker(
     folder.create()
     spec_data = info.get("spec") or {}
     if not folder.spec_file.exists() and spec_data:
-        import yaml
+        from cnnlab.config import dump_yaml
 
-        folder.spec_file.write_text(yaml.safe_dump(spec_data, sort_keys=False))
+        folder.spec_file.write_text(dump_yaml(spec_data, sort_keys=False))
     queue.max_retry = int(spec_data.get("max_retries", queue.max_retry))
     if mode is None:
         mode = fuse_mode(spec_data.get("fuse", "auto"), what=f"study {name!r} fuse")

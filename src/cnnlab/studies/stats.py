@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from cnnlab.config import load_yaml_text
 from cnnlab.errors import StudyError
 
 log = logging.getLogger(__name__)
@@ -113,7 +114,7 @@ def read_spec(study_dir: str | Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml_text(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise StudyError(f"{path}: cannot read the study spec ({_first_line(exc)})") from None
     if data is None:
