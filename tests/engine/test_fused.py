@@ -504,3 +504,35 @@ def test_a_finished_group_is_freed_without_the_cyclic_collector(
     finally:
         gc.enable()
     assert all(r.status == "completed" for r in runs)
+
+
+def test_a_real_ctrl_c_inside_a_group_step_resumes_exactly(tmp_path, patch_splits):
+    """A SIGINT mid-forward (batch-norm statistics and dropout draws already moved on)
+    waits for the step to end, so the checkpoint never holds half a step."""
+    import signal
+
+    from torch import nn
+
+    cfgs = _cfgs(MEMBERS[:2], "model=lenet5-bn", "model.dropout=0.3")
+    whole = train_group(cfgs, [tmp_path / f"w{i}" for i in range(2)], splits=patch_splits)
+    calls = [0]
+
+    def forward_hook(module, args, output):
+        if module.training and isinstance(module, nn.modules.batchnorm._BatchNorm):
+            calls[0] += 1
+            if calls[0] == 13:  # inside the fourth step (four norms per step)
+                signal.raise_signal(signal.SIGINT)
+
+    dirs = [tmp_path / f"r{i}" for i in range(2)]
+    hook = nn.modules.module.register_module_forward_hook(forward_hook)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train_group(cfgs, dirs, splits=patch_splits)
+    finally:
+        hook.remove()
+    assert calls[0] >= 13
+    runs = train_group(cfgs, dirs, splits=patch_splits, resume=True)
+    for run, w in zip(runs, whole):
+        assert run.status == "completed" and _metric_rows(run) == _metric_rows(w)
+        for key, value in _weights(w.path).items():
+            assert torch.equal(value, _weights(run.path)[key]), key
