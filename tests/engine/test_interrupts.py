@@ -46,3 +46,27 @@ def test_no_ctrl_c_and_other_threads_run_the_block_as_it_is():
     thread.start()
     thread.join()
     assert result == [signal.default_int_handler]
+
+
+def test_a_gate_delivers_held_ctrl_c_at_its_check_and_holds_again_after():
+    from cnnlab.engine.interrupts import InterruptGate
+
+    seen = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: seen.append(signum))
+    try:
+        with InterruptGate() as gate:
+            gate.check()  # nothing held: nothing happens
+            signal.raise_signal(signal.SIGINT)
+            assert seen == []
+            gate.check()
+            assert seen == [signal.SIGINT]
+            signal.raise_signal(signal.SIGINT)  # held again: the handler returned
+            assert seen == [signal.SIGINT]
+        assert seen == [signal.SIGINT] * 2  # the last one at the gate's end
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    with pytest.raises(KeyboardInterrupt), InterruptGate() as gate:
+        signal.raise_signal(signal.SIGINT)
+        gate.check()
+        pytest.fail("check() raises the held Ctrl-C")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

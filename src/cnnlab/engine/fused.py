@@ -50,7 +50,7 @@ from cnnlab.engine import accel
 from cnnlab.engine import checkpoint as ckpt
 from cnnlab.engine.batches import epoch_draws, epoch_order, eval_batches
 from cnnlab.engine.inputs import build_pipeline, input_size, load_run_data, prepare_splits
-from cnnlab.engine.interrupts import deferred_interrupt
+from cnnlab.engine.interrupts import InterruptGate
 from cnnlab.engine.optim import build_optimizer, init_weights, param_groups
 from cnnlab.engine.run import Run, RunFolder
 from cnnlab.engine.schedules import lr_at
@@ -1103,12 +1103,14 @@ def _train_epochs(
             epoch_draws(group.prep, seeds, epoch, n, bs, b0, device) if group.prep.random else None
         )
         try:
-            for b in range(b0, spe):
-                i = b - b0
-                idx = orders[:, b * bs : (b + 1) * bs]
-                rows = idx.shape[1]
-                # Ctrl-C lands between steps, never inside one (engine/interrupts.py).
-                with deferred_interrupt():
+            with InterruptGate() as gate:
+                for b in range(b0, spe):
+                    # Ctrl-C is handled here, between steps, never inside one
+                    # (engine/interrupts.py).
+                    gate.check()
+                    i = b - b0
+                    idx = orders[:, b * bs : (b + 1) * bs]
+                    rows = idx.shape[1]
                     losses = stepper(
                         idx,
                         draws[i] if draws is not None else None,
@@ -1119,21 +1121,21 @@ def _train_epochs(
                     step += 1
                     for m in members:
                         m.state.step, m.state.batch = step, b + 1
-                # The trainer's event (a 0-dim loss tensor, a float lr), plus every member's;
-                # built only for a listener (its mean is one more launch per step).
-                if emit is not _no_events:
-                    emit(
-                        "step",
-                        {
-                            "epoch": epoch + 1,
-                            "batch": b + 1,
-                            "steps": spe,
-                            "loss": losses.mean(),
-                            "lr": float(lrs[i, 0]),
-                            "losses": losses,
-                            "lrs": lrs[i].tolist(),
-                        },
-                    )
+                    # The trainer's event (a 0-dim loss tensor, a float lr), plus every member's;
+                    # built only for a listener (its mean is one more launch per step).
+                    if emit is not _no_events:
+                        emit(
+                            "step",
+                            {
+                                "epoch": epoch + 1,
+                                "batch": b + 1,
+                                "steps": spe,
+                                "loss": losses.mean(),
+                                "lr": float(lrs[i, 0]),
+                                "losses": losses,
+                                "lrs": lrs[i].tolist(),
+                            },
+                        )
         except KeyboardInterrupt:
             _save_partial(
                 group,

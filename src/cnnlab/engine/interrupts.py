@@ -15,29 +15,67 @@ import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Self
 
 
-@contextmanager
-def deferred_interrupt() -> Iterator[None]:
-    """Run the block with SIGINT held; deliver it (once) when the block has finished.
+class InterruptGate:
+    """SIGINT held while the ``with`` block runs, delivered at :meth:`check` or at its end.
+
+    Install it once around a loop of steps and call :meth:`check` between them:
+    a Ctrl-C is then handled between two steps, never inside one. Swapping the
+    handler every step cost 17 microseconds here (two system calls and a
+    generator; 2-core CPU), which is noise beside a CPU step but not beside a
+    small network's step replayed as a CUDA graph; :meth:`check` costs 0.07.
 
     Outside the main thread (where Python cannot install handlers and SIGINT is
     not delivered anyway), or when the handler was not installed from Python,
     the block runs as it is. A block that raises drops a held Ctrl-C: it is
     failing already.
     """
-    previous = signal.getsignal(signal.SIGINT) if _main_thread() else None
-    if previous is None:
+
+    def __init__(self) -> None:
+        self.previous: object = None
+        self.held: list[object] = []
+
+    def __enter__(self) -> Self:
+        self.previous = signal.getsignal(signal.SIGINT) if _main_thread() else None
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self._hold)
+        return self
+
+    def _hold(self, signum: int, frame: object) -> None:
+        self.held.append(frame)
+
+    def check(self) -> None:
+        """Deliver a Ctrl-C that arrived since the last check (if its handler returns, hold again)."""
+        if self.held:
+            previous = self._release()
+            _deliver(previous, self.held[0])
+            self.held.clear()
+            self.__enter__()
+
+    def _release(self) -> object:
+        previous, self.previous = self.previous, None
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+        return previous
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        previous = self._release()
+        if self.held and exc_type is None:
+            self.held, held = [], self.held
+            _deliver(previous, held[0])
+
+
+@contextmanager
+def deferred_interrupt() -> Iterator[None]:
+    """Run the block with SIGINT held; deliver it (once) when the block has finished.
+
+    For a block that runs once (an epoch's end); a loop of steps takes one
+    :class:`InterruptGate` and checks it between steps.
+    """
+    with InterruptGate():
         yield
-        return
-    held: list[object] = []
-    signal.signal(signal.SIGINT, lambda signum, frame: held.append(frame))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if held:
-        _deliver(previous, held[0])
 
 
 def _main_thread() -> bool:

@@ -50,7 +50,7 @@ from cnnlab.engine.inputs import (
     prepare_splits,
     to_device,
 )
-from cnnlab.engine.interrupts import deferred_interrupt
+from cnnlab.engine.interrupts import InterruptGate, deferred_interrupt
 from cnnlab.engine.optim import build_optimizer, init_weights
 from cnnlab.engine.run import (
     Run,
@@ -618,17 +618,18 @@ def _train(
                 if pipeline.random
                 else None
             )
-            for b, xb, yb in train_batches(
-                train_set.images,
-                train_set.labels,
-                batch_size=cfg.train.batch_size,
-                seed=cfg.train.seed,
-                epoch=epoch,
-                start_batch=start_batch,
-            ):
-                # Ctrl-C waits for the step to end: inside it, the weights, batch-norm
-                # statistics or RNG may have moved on before the step is counted.
-                with deferred_interrupt():
+            with InterruptGate() as gate:
+                for b, xb, yb in train_batches(
+                    train_set.images,
+                    train_set.labels,
+                    batch_size=cfg.train.batch_size,
+                    seed=cfg.train.seed,
+                    epoch=epoch,
+                    start_batch=start_batch,
+                ):
+                    # Ctrl-C is handled here, between steps: inside one, the weights,
+                    # batch-norm statistics or RNG may have moved on before it is counted.
+                    gate.check()
                     lr = lr_at(
                         cfg.schedule, cfg.optim.lr, state.step, steps_per_epoch, total_epochs
                     )
@@ -692,16 +693,16 @@ def _train(
                     seen += len(yb)
                     state.step += 1
                     state.batch = b + 1
-                emit(
-                    "step",
-                    {
-                        "epoch": epoch + 1,
-                        "batch": b + 1,
-                        "steps": steps_per_epoch,
-                        "loss": loss.detach(),
-                        "lr": lr,
-                    },
-                )
+                    emit(
+                        "step",
+                        {
+                            "epoch": epoch + 1,
+                            "batch": b + 1,
+                            "steps": steps_per_epoch,
+                            "loss": loss.detach(),
+                            "lr": lr,
+                        },
+                    )
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             if ctx.enabled:
