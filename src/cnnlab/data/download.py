@@ -1,7 +1,10 @@
 """Downloading official data files, verified before they are kept.
 
-A file is streamed to ``NAME.part`` and only renamed into place once its
-checksum matches, so an interrupted or tampered download never looks like data.
+A file is streamed to a temporary ``NAME.*.part`` of its own and only renamed
+into place once its checksum matches, so an interrupted or tampered download
+never looks like data. The temporary name is unique to each call: two processes
+fetching the same file must not write into one shared ``.part``, or the slower
+one would keep writing into the file the faster one had verified and renamed.
 Mirrors are tried in order; the error lists what went wrong with each.
 """
 
@@ -10,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
+import tempfile
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
@@ -89,18 +93,36 @@ def fetch_verified(
     Raises:
         DataNotFoundError: no mirror delivered a valid file (the message lists each failure).
     """
-    partial = target.with_name(target.name + ".part")
     failures = []
     for url in urls:
+        try:
+            partial = _temporary(target)
+        except DataError as exc:
+            failures.append(str(exc))
+            break  # the folder is not writable: no mirror can help
         try:
             fetch(url, partial, timeout=timeout, progress=progress, task=f"download {target.name}")
             data = read_bytes(partial) if decompress else partial.read_bytes()
             check(url, data)
+            os.replace(partial, target)
+        except OSError as exc:
+            failures.append(f"cannot write {target}: {exc.strerror or exc}")
         except DataError as exc:
             failures.append(str(exc))
+        else:
+            return target
+        finally:  # also on Ctrl-C: no temporary file outlives the call
             with contextlib.suppress(OSError):
                 partial.unlink()
-            continue
-        os.replace(partial, target)
-        return target
     raise DataNotFoundError("; ".join(failures) or f"no address to download {target.name} from")
+
+
+def _temporary(target: Path) -> Path:
+    """A new empty file next to ``target`` that no other download writes to."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f"{target.name}.", suffix=".part", dir=target.parent)
+    except OSError as exc:
+        raise DataError(f"cannot write {target}: {exc.strerror or exc}") from None
+    os.close(fd)
+    return Path(name)
