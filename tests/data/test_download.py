@@ -7,6 +7,7 @@ import functools
 import gzip
 import hashlib
 import http.server
+import io
 import socket
 import tarfile
 import threading
@@ -262,4 +263,58 @@ def test_interrupted_download_leaves_nothing(served: tuple[Path, str], tmp_path:
         fetch_verified(
             [url + "f"], tmp_path / "dest" / "f", check=lambda u, d: None, progress=ctrl_c
         )
+    assert list((tmp_path / "dest").iterdir()) == []
+
+
+def test_cli_get_waits_for_a_concurrent_get_then_finds_its_copy(
+    tmp_path: Path, closed_port: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # While another get holds the lock, this one must wait rather than download
+    # over it (or trip on its half-extracted archive), then use its copy.
+    from cnnlab.data.download import download_lock
+
+    dest = tmp_path / "dest"
+    codes: list[int] = []
+    args = ["data", "get", "mnist", "--dest", str(dest), "--mirror", closed_port, "--timeout", "5"]
+    with download_lock(dest, "mnist"):
+        thread = threading.Thread(target=lambda: codes.append(main(args)))
+        thread.start()
+        time.sleep(0.5)
+        assert codes == []  # still waiting
+        make_idx_dataset(dest / "mnist")  # the other get finishes
+    thread.join(10)
+    assert codes == [0]
+    assert f"mnist: already present in {dest / 'mnist'}" in capsys.readouterr().out
+
+
+def test_cli_get_unwritable_destination_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "a-file").write_text("x")
+    dest = tmp_path / "a-file" / "dest"
+    assert main(["data", "get", "mnist", "--dest", str(dest)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert f"error: cannot write {dest}" in err
+
+
+def test_disk_full_names_the_file_and_leaves_nothing(
+    served: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from cnnlab.data import download
+
+    folder, url = served
+    (folder / "f").write_bytes(b"x" * 1000)
+
+    class Full(io.BytesIO):
+        def write(self, data) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(download, "open", lambda *a, **k: Full(), raising=False)
+    with pytest.raises(DataNotFoundError) as info:
+        fetch_verified([url + "f"], tmp_path / "dest" / "f", check=lambda u, d: None)
+    assert str(info.value).startswith(f"cannot write {tmp_path / 'dest' / 'f'}.")
+    assert "No space left on device" in str(info.value)
     assert list((tmp_path / "dest").iterdir()) == []

@@ -16,7 +16,7 @@ import os
 import tempfile
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from cnnlab.data.base import Progress
@@ -56,7 +56,10 @@ def fetch(
             total = int(response.headers.get("Content-Length") or 0)
             done = 0
             while chunk := response.read(_CHUNK):
-                out.write(chunk)
+                try:
+                    out.write(chunk)
+                except OSError as exc:  # disk full: the destination's fault, not the server's
+                    raise DataError(f"cannot write {target}: {exc.strerror or exc}") from None
                 done += len(chunk)
                 if progress is not None:
                     progress(task, done, total)
@@ -126,3 +129,28 @@ def _temporary(target: Path) -> Path:
         raise DataError(f"cannot write {target}: {exc.strerror or exc}") from None
     os.close(fd)
     return Path(name)
+
+
+@contextlib.contextmanager
+def download_lock(folder: Path, name: str) -> Iterator[None]:
+    """Hold an exclusive lock on downloading data set ``name`` into ``folder``.
+
+    A second ``cnnlab data get`` of the same set waits here, then finds the
+    first one's copy instead of downloading over it or tripping on its
+    half-extracted archive. The lock is released when the process ends, even
+    when it is killed.
+    """
+    import fcntl
+
+    path = folder / f".{name}.lock"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a")  # noqa: SIM115 - closed below, after the lock is released
+    except OSError as exc:
+        raise DataError(f"cannot write {path}: {exc.strerror or exc}") from None
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
