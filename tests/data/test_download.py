@@ -7,9 +7,11 @@ import functools
 import gzip
 import hashlib
 import http.server
+import io
 import socket
 import tarfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -178,3 +180,141 @@ def test_imagefolder_has_no_download(capsys: pytest.CaptureFixture[str]) -> None
 def test_download_dataset_error_type(tmp_path: Path, closed_port: str) -> None:
     with pytest.raises(DataError, match="could not download cifar100"):
         download_dataset("cifar100", tmp_path, mirrors=[closed_port], timeout=5)
+
+
+class _Held(http.server.BaseHTTPRequestHandler):
+    """Serves ``body`` in two halves and waits on ``resume`` between them."""
+
+    body = b""
+    sent_half = threading.Event()
+    resume = threading.Event()
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        half = len(self.body) // 2
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body[:half])
+        self.wfile.flush()
+        self.sent_half.set()
+        self.resume.wait(10)
+        self.wfile.write(self.body[half:])
+
+
+def test_concurrent_download_cannot_write_into_the_verified_file(
+    served: tuple[Path, str], tmp_path: Path
+) -> None:
+    # A slow download of a bad copy starts first; a good copy of the same file
+    # is fetched, verified and renamed meanwhile. The slow one must not keep
+    # writing into the kept file (it did when both shared one NAME.part).
+    folder, url = served
+    good = bytes(range(256)) * 12_000  # over one read chunk, so both halves are written
+    (folder / "f").write_bytes(good)
+    spec = FileSpec("f", sha256=hashlib.sha256(good).hexdigest())
+    from cnnlab.data.files import check_digest
+
+    class Held(_Held):
+        body = b"x" * len(good)
+        sent_half = threading.Event()
+        resume = threading.Event()
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Held)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    target = tmp_path / "dest" / "f"
+    errors: list[Exception] = []
+
+    def slow() -> None:
+        try:
+            fetch_verified(
+                [f"http://127.0.0.1:{server.server_address[1]}/f"],
+                target,
+                check=lambda u, d: check_digest(u, d, spec),
+            )
+        except DataError as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=slow)
+    thread.start()
+    try:
+        assert Held.sent_half.wait(10)
+        time.sleep(0.3)  # let the slow download write its first half
+        fetch_verified([url + "f"], target, check=lambda u, d: check_digest(u, d, spec))
+    finally:
+        Held.resume.set()
+        thread.join(10)
+        server.shutdown()
+        server.server_close()
+    assert target.read_bytes() == good
+    assert len(errors) == 1 and "does not match the official f" in str(errors[0])
+    assert sorted(p.name for p in target.parent.iterdir()) == ["f"]
+
+
+def test_interrupted_download_leaves_nothing(served: tuple[Path, str], tmp_path: Path) -> None:
+    folder, url = served
+    (folder / "f").write_bytes(b"x" * 3_000_000)
+
+    def ctrl_c(task: str, done: int, total: int) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fetch_verified(
+            [url + "f"], tmp_path / "dest" / "f", check=lambda u, d: None, progress=ctrl_c
+        )
+    assert list((tmp_path / "dest").iterdir()) == []
+
+
+def test_cli_get_waits_for_a_concurrent_get_then_finds_its_copy(
+    tmp_path: Path, closed_port: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # While another get holds the lock, this one must wait rather than download
+    # over it (or trip on its half-extracted archive), then use its copy.
+    from cnnlab.data.download import download_lock
+
+    dest = tmp_path / "dest"
+    codes: list[int] = []
+    args = ["data", "get", "mnist", "--dest", str(dest), "--mirror", closed_port, "--timeout", "5"]
+    with download_lock(dest, "mnist"):
+        thread = threading.Thread(target=lambda: codes.append(main(args)))
+        thread.start()
+        time.sleep(0.5)
+        assert codes == []  # still waiting
+        make_idx_dataset(dest / "mnist")  # the other get finishes
+    thread.join(10)
+    assert codes == [0]
+    assert f"mnist: already present in {dest / 'mnist'}" in capsys.readouterr().out
+
+
+def test_cli_get_unwritable_destination_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "a-file").write_text("x")
+    dest = tmp_path / "a-file" / "dest"
+    assert main(["data", "get", "mnist", "--dest", str(dest)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert f"error: cannot write {dest}" in err
+
+
+def test_disk_full_names_the_file_and_leaves_nothing(
+    served: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from cnnlab.data import download
+
+    folder, url = served
+    (folder / "f").write_bytes(b"x" * 1000)
+
+    class Full(io.BytesIO):
+        def write(self, data) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(download, "open", lambda *a, **k: Full(), raising=False)
+    with pytest.raises(DataNotFoundError) as info:
+        fetch_verified([url + "f"], tmp_path / "dest" / "f", check=lambda u, d: None)
+    assert str(info.value).startswith(f"cannot write {tmp_path / 'dest' / 'f'}.")
+    assert "No space left on device" in str(info.value)
+    assert list((tmp_path / "dest").iterdir()) == []

@@ -122,21 +122,31 @@ def get(
     ] = False,
 ) -> None:
     """Download a data set from its official source, verifying checksums (skipped if already here)."""
-    from cnnlab.data import download_dataset, get_source, locate_dataset
+    from cnnlab.data import default_data_dir, download_dataset, get_source, locate_dataset
+    from cnnlab.data.download import download_lock
     from cnnlab.errors import DataNotFoundError
 
     source = get_source(name)
+    if not source.can_download:
+        download_dataset(source.name, dest)  # raises: how to get it by hand
     searched = [*([str(dest)] if dest else []), *(data_dir or [])]
-    if source.can_download and not force:
-        with contextlib.suppress(DataNotFoundError):
-            typer.echo(
-                f"{source.name}: already present in {locate_dataset(source.name, data_dir=searched)}"
+    target = dest.expanduser() if dest is not None else default_data_dir()
+    # Checked under the lock: a concurrent get of the same set finishes first.
+    with download_lock(target, source.name):
+        if not force:
+            with contextlib.suppress(DataNotFoundError):
+                found = locate_dataset(source.name, data_dir=searched)
+                typer.echo(f"{source.name}: already present in {found}")
+                return
+        with _progress() as progress:
+            folder = download_dataset(
+                source.name,
+                target,
+                data_dir=data_dir,
+                mirrors=mirror,
+                progress=progress,
+                timeout=timeout,
             )
-            return
-    with _progress() as progress:
-        folder = download_dataset(
-            source.name, dest, data_dir=data_dir, mirrors=mirror, progress=progress, timeout=timeout
-        )
     typer.echo(f"{source.name}: downloaded and verified in {folder}")
 
 

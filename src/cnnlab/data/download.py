@@ -1,7 +1,10 @@
 """Downloading official data files, verified before they are kept.
 
-A file is streamed to ``NAME.part`` and only renamed into place once its
-checksum matches, so an interrupted or tampered download never looks like data.
+A file is streamed to a temporary ``NAME.*.part`` of its own and only renamed
+into place once its checksum matches, so an interrupted or tampered download
+never looks like data. The temporary name is unique to each call: two processes
+fetching the same file must not write into one shared ``.part``, or the slower
+one would keep writing into the file the faster one had verified and renamed.
 Mirrors are tried in order; the error lists what went wrong with each.
 """
 
@@ -10,9 +13,10 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
+import tempfile
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from cnnlab.data.base import Progress
@@ -52,7 +56,10 @@ def fetch(
             total = int(response.headers.get("Content-Length") or 0)
             done = 0
             while chunk := response.read(_CHUNK):
-                out.write(chunk)
+                try:
+                    out.write(chunk)
+                except OSError as exc:  # disk full: the destination's fault, not the server's
+                    raise DataError(f"cannot write {target}: {exc.strerror or exc}") from None
                 done += len(chunk)
                 if progress is not None:
                     progress(task, done, total)
@@ -89,18 +96,61 @@ def fetch_verified(
     Raises:
         DataNotFoundError: no mirror delivered a valid file (the message lists each failure).
     """
-    partial = target.with_name(target.name + ".part")
     failures = []
     for url in urls:
+        try:
+            partial = _temporary(target)
+        except DataError as exc:
+            failures.append(str(exc))
+            break  # the folder is not writable: no mirror can help
         try:
             fetch(url, partial, timeout=timeout, progress=progress, task=f"download {target.name}")
             data = read_bytes(partial) if decompress else partial.read_bytes()
             check(url, data)
+            os.replace(partial, target)
+        except OSError as exc:
+            failures.append(f"cannot write {target}: {exc.strerror or exc}")
         except DataError as exc:
             failures.append(str(exc))
+        else:
+            return target
+        finally:  # also on Ctrl-C: no temporary file outlives the call
             with contextlib.suppress(OSError):
                 partial.unlink()
-            continue
-        os.replace(partial, target)
-        return target
     raise DataNotFoundError("; ".join(failures) or f"no address to download {target.name} from")
+
+
+def _temporary(target: Path) -> Path:
+    """A new empty file next to ``target`` that no other download writes to."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f"{target.name}.", suffix=".part", dir=target.parent)
+    except OSError as exc:
+        raise DataError(f"cannot write {target}: {exc.strerror or exc}") from None
+    os.close(fd)
+    return Path(name)
+
+
+@contextlib.contextmanager
+def download_lock(folder: Path, name: str) -> Iterator[None]:
+    """Hold an exclusive lock on downloading data set ``name`` into ``folder``.
+
+    A second ``cnnlab data get`` of the same set waits here, then finds the
+    first one's copy instead of downloading over it or tripping on its
+    half-extracted archive. The lock is released when the process ends, even
+    when it is killed.
+    """
+    import fcntl
+
+    path = folder / f".{name}.lock"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a")  # noqa: SIM115 - closed below, after the lock is released
+    except OSError as exc:
+        raise DataError(f"cannot write {path}: {exc.strerror or exc}") from None
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
