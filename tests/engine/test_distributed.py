@@ -67,3 +67,22 @@ def test_torchrun_command_relaunches_cnnlab():
     cmd = torchrun_command(4, ["train", "--name", "x"])
     assert cmd[:3] == [sys.executable, "-m", "torch.distributed.run"]
     assert "--nproc_per_node=4" in cmd and cmd[-4:] == ["cnnlab", "train", "--name", "x"]
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_only_rank_0_speaks_when_interrupted(monkeypatch, capsys, rank):
+    # rank 1 said "interrupted before training started; there is nothing to resume" beside
+    # rank 0's "the checkpoint is saved": its progress is silent, so it never learns the folder
+    from cnnlab.cli import main
+    from cnnlab.engine import trainer
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "train", interrupted)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", rank)
+    assert main(["train", "train.devices=2", "--name", "r"]) == 130
+    err = capsys.readouterr().err
+    said = "interrupted before training started; there is nothing to resume\n"
+    assert err == (said if rank == "0" else "")
