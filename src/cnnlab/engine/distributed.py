@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
+
+from cnnlab.engine.interrupts import InterruptGate
 
 
 @dataclass(frozen=True)
@@ -62,9 +65,15 @@ def setup(device: torch.device) -> tuple[DistContext, torch.device]:
     return DistContext(rank, world, local), device
 
 
-def teardown(ctx: DistContext) -> None:
+def teardown(ctx: DistContext, *, wait: bool = True) -> None:
+    """Leave the process group; ``wait=False`` when leaving on an exception.
+
+    Waiting for ranks that have already exited fails with gloo's "Connection closed
+    by peer" traceback, which then hides the exception (a Ctrl-C, a one-line error).
+    """
     if ctx.enabled and dist.is_initialized():
-        dist.barrier()
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()
 
 
@@ -87,6 +96,23 @@ def broadcast_text(text: str, ctx: DistContext) -> str:
 def shard(t: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     """This rank's contiguous part of ``t`` along dim 0."""
     return t.tensor_split(ctx.world_size)[ctx.rank] if ctx.enabled else t
+
+
+@contextmanager
+def interrupted_with_peers(gate: InterruptGate, ctx: DistContext) -> Iterator[None]:
+    """A collective that fails while a Ctrl-C is held is this rank's Ctrl-C.
+
+    Every rank gets the Ctrl-C and stops at its next step boundary; a rank that had
+    already begun the next step waits there for peers that have stopped, and its
+    collective fails when they exit (a traceback beside rank 0's "interrupted"). That
+    step's updates come after its collectives, so stopping there is stopping before it.
+    """
+    try:
+        yield
+    except RuntimeError:  # torch.distributed.DistBackendError and gloo's own errors
+        if ctx.enabled and gate.held:
+            raise KeyboardInterrupt from None
+        raise
 
 
 def torchrun_command(nproc: int, cli_args: Sequence[str]) -> list[str]:
