@@ -18,6 +18,14 @@ class CnnlabError(Exception):
         super().__init__(" ".join(str(message).split()))
 
 
+class RankError(CnnlabError):
+    """One rank of a multi-process run failed with this (already user-facing) error."""
+
+    def __init__(self, message: str, exit_code: int = 2) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 class ConfigError(CnnlabError):
     """A config key, value or spec is invalid."""
 

@@ -67,3 +67,85 @@ def test_torchrun_command_relaunches_cnnlab():
     cmd = torchrun_command(4, ["train", "--name", "x"])
     assert cmd[:3] == [sys.executable, "-m", "torch.distributed.run"]
     assert "--nproc_per_node=4" in cmd and cmd[-4:] == ["cnnlab", "train", "--name", "x"]
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_only_rank_0_speaks_when_interrupted(monkeypatch, capsys, rank):
+    # rank 1 said "interrupted before training started; there is nothing to resume" beside
+    # rank 0's "the checkpoint is saved": its progress is silent, so it never learns the folder
+    from cnnlab.cli import main
+    from cnnlab.engine import trainer
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "train", interrupted)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", rank)
+    assert main(["train", "train.devices=2", "--name", "r"]) == 130
+    err = capsys.readouterr().err
+    said = "interrupted before training started; there is nothing to resume\n"
+    assert err == (said if rank == "0" else "")
+
+
+def _cnnlab(args, cwd):
+    cmd = [sys.executable, "-m", "cnnlab", *args]
+    return subprocess.run(
+        cmd, cwd=cwd, env=_env(), timeout=300, capture_output=True, text=True, check=False
+    )
+
+
+@pytest.mark.slow
+def test_a_rank_error_is_one_line_once_with_status_2(tmp_path):
+    # each rank printed it, then torchrun its failure report with a traceback (status 1)
+    (tmp_path / "empty").mkdir()
+    args = ["train", "train.devices=2", "train.device=cpu", "data=imagefolder"]
+    proc = _cnnlab([*args, f"data.root={tmp_path / 'empty'}", "--name", "r"], tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
+    assert "is not an image-folder tree" in proc.stderr
+    assert not (tmp_path / "runs" / "r").exists()
+
+
+@pytest.mark.slow
+def test_ctrl_c_of_a_relaunched_run_leaves_it_resumable_and_says_so_once(tmp_path):
+    # the parent's subprocess.call killed torchrun 0.25 s after Ctrl-C: torchrun's traceback,
+    # status 1, and the prompt back before rank 0 had saved
+    import signal
+    import time
+
+    from PIL import Image
+
+    from tests.engine.synthetic import CLASSES, patch_images
+
+    for split, n, seed in (("train", 400, 0), ("test", 40, 2)):
+        images, labels = patch_images(n, seed)
+        for i, (img, label) in enumerate(zip(images, labels.tolist())):
+            folder = tmp_path / "tree" / split / CLASSES[label]
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img[0].numpy()).save(folder / f"{i:04d}.png")
+    args = ["train", "train.devices=2", "train.device=cpu", "data=imagefolder"]
+    args += [f"data.root={tmp_path / 'tree'}", "model=lenet5-modern", "optim.lr=0.05"]
+    args += ["train.epochs=100000", "--name", "r"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cnnlab", *args],
+        cwd=tmp_path,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
+    )
+    metrics = tmp_path / "runs" / "r" / "metrics.csv"
+    deadline = time.monotonic() + 120
+    while not metrics.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert (
+        err == "interrupted; the checkpoint is saved. Resume with: cnnlab train --resume runs/r\n"
+    )
+    summary = json.loads((tmp_path / "runs" / "r" / "summary.json").read_text())
+    assert summary["status"] == "interrupted"
+    assert ckpt.load_checkpoint(tmp_path / "runs" / "r" / "checkpoints" / "last.pt")

@@ -8,6 +8,7 @@ happen inside the commands so ``cnnlab --help`` stays instant.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 
@@ -62,7 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(rc, int):
             return rc
     except CnnlabError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        if not _left_for_launcher(str(exc)):
+            typer.echo(f"error: {exc}", err=True)
         return exc.exit_code
     except Exit as exc:
         return exc.exit_code
@@ -84,6 +86,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         typer.echo("interrupted", err=True)
         return 130
     return 0
+
+
+def _left_for_launcher(message: str) -> bool:
+    """A rank of a ``train.devices=N`` relaunch leaves its error for the launcher to say once."""
+    if "CNNLAB_RANK_ERRORS" not in os.environ:  # checked first: no torch import to print an error
+        return False
+    from cnnlab.engine.distributed import report_rank_error
+
+    return report_rank_error(message)
 
 
 def run() -> None:

@@ -211,7 +211,9 @@ def train(
     except KeyboardInterrupt:
         progress.close()
         where = resume or progress.path
-        if where is None:  # still loading data or building the model: no run folder yet
+        if not speaks:
+            pass  # rank 0 says it (other ranks never learn the run folder's path)
+        elif where is None:  # still loading data or building the model: no run folder yet
             typer.echo("interrupted before training started; there is nothing to resume", err=True)
         else:
             typer.echo(

@@ -12,13 +12,16 @@ nothing rank-specific, so a run resumes with any number of ranks.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
+
+from cnnlab.engine.interrupts import InterruptGate
 
 
 @dataclass(frozen=True)
@@ -62,9 +65,15 @@ def setup(device: torch.device) -> tuple[DistContext, torch.device]:
     return DistContext(rank, world, local), device
 
 
-def teardown(ctx: DistContext) -> None:
+def teardown(ctx: DistContext, *, wait: bool = True) -> None:
+    """Leave the process group; ``wait=False`` when leaving on an exception.
+
+    Waiting for ranks that have already exited fails with gloo's "Connection closed
+    by peer" traceback, which then hides the exception (a Ctrl-C, a one-line error).
+    """
     if ctx.enabled and dist.is_initialized():
-        dist.barrier()
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()
 
 
@@ -89,6 +98,23 @@ def shard(t: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     return t.tensor_split(ctx.world_size)[ctx.rank] if ctx.enabled else t
 
 
+@contextmanager
+def interrupted_with_peers(gate: InterruptGate, ctx: DistContext) -> Iterator[None]:
+    """A collective that fails while a Ctrl-C is held is this rank's Ctrl-C.
+
+    Every rank gets the Ctrl-C and stops at its next step boundary; a rank that had
+    already begun the next step waits there for peers that have stopped, and its
+    collective fails when they exit (a traceback beside rank 0's "interrupted"). That
+    step's updates come after its collectives, so stopping there is stopping before it.
+    """
+    try:
+        yield
+    except RuntimeError:  # torch.distributed.DistBackendError and gloo's own errors
+        if ctx.enabled and gate.held:
+            raise KeyboardInterrupt from None
+        raise
+
+
 def torchrun_command(nproc: int, cli_args: Sequence[str]) -> list[str]:
     """The command that re-runs ``cnnlab`` under torchrun with ``nproc`` processes on this machine."""
     return [
@@ -103,6 +129,71 @@ def torchrun_command(nproc: int, cli_args: Sequence[str]) -> list[str]:
     ]
 
 
+#: Where the ranks of a ``train.devices=N`` relaunch leave their one-line errors for the launcher.
+ERROR_DIR_VAR = "CNNLAB_RANK_ERRORS"
+
+
+def report_rank_error(message: str) -> bool:
+    """Leave a rank's one-line error for :func:`launch` to raise once; False when not relaunched.
+
+    Every rank of a run meets the same bad input, so printing it per rank said it N times.
+    """
+    folder = os.environ.get(ERROR_DIR_VAR)
+    if not folder or not launched_by_torchrun():
+        return False
+    try:
+        (Path(folder) / f"rank{launched_rank()}.txt").write_text(message)
+    except OSError:
+        return False
+    return True
+
+
 def launch(nproc: int, cli_args: Sequence[str]) -> int:
-    """Run the torchrun command and return its exit status."""
-    return subprocess.call(torchrun_command(nproc, cli_args))
+    """Run ``cnnlab`` under torchrun with ``nproc`` processes and return the run's exit status.
+
+    torchrun runs in this process rather than as a child: its workers have their own session,
+    so a terminal's Ctrl-C reaches only this process, and torchrun passes it on as SIGINT
+    (each rank then stops between steps and rank 0 saves the checkpoint). A child torchrun
+    was killed by ``subprocess.call`` 0.25 s after Ctrl-C and printed its traceback.
+
+    Raises:
+        RankError: the first rank to fail failed with this one-line error (said once here,
+            not once per rank and then in torchrun's failure report).
+    """
+    import logging
+    import tempfile
+
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args
+    from torch.distributed.run import run as torchrun
+
+    from cnnlab.errors import RankError
+
+    # torchrun's warnings and failure reports repeat what the ranks said (its loggers each
+    # have their own level, so the parent's would not do)
+    quiet = {
+        logger: logger.level
+        for name, logger in logging.root.manager.loggerDict.items()
+        if name.startswith("torch.distributed") and isinstance(logger, logging.Logger)
+    }
+    for logger in quiet:
+        logger.setLevel(logging.CRITICAL)
+    with tempfile.TemporaryDirectory(prefix="cnnlab-ranks-") as errors:
+        os.environ[ERROR_DIR_VAR] = errors
+        try:
+            torchrun(parse_args(torchrun_command(nproc, cli_args)[3:]))
+            return 0
+        except SignalException:
+            return 130
+        except ChildFailedError as exc:
+            rank, failure = exc.get_first_failure()
+            status = failure.exitcode if failure.exitcode > 0 else 1
+            said = Path(errors, f"rank{rank}.txt")
+            if said.is_file():
+                raise RankError(said.read_text(), status) from None
+            return status  # a crash: the rank printed its traceback
+        finally:
+            os.environ.pop(ERROR_DIR_VAR, None)
+            for logger, level in quiet.items():
+                logger.setLevel(level)

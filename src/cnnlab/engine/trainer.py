@@ -390,10 +390,14 @@ def train(
 
         return train_group([cfg], [path], splits=splits, callback=callback, resume=resume)[0]
     try:
-        return _train(cfg, path, ctx, device, resume, emit, splits, t_start)
+        run = _train(cfg, path, ctx, device, resume, emit, splits, t_start)
+    except BaseException:
+        D.teardown(ctx, wait=False)  # the other ranks may be gone (Ctrl-C, an error)
+        raise
     finally:
-        D.teardown(ctx)
         release_device_memory(device)
+    D.teardown(ctx)
+    return run
 
 
 def _as_graph_group(cfg: RunConfig, ctx: D.DistContext, device: torch.device) -> bool:
@@ -618,7 +622,7 @@ def _train(
                 if pipeline.random
                 else None
             )
-            with InterruptGate() as gate:
+            with InterruptGate() as gate, D.interrupted_with_peers(gate, ctx):
                 for b, xb, yb in train_batches(
                     train_set.images,
                     train_set.labels,
