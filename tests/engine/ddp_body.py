@@ -1,6 +1,9 @@
 """Subprocess body for the DDP test: one run on synthetic data, under torchrun or alone.
 
-Usage: [torchrun --nproc_per_node=N -m] tests.engine.ddp_body RUN_DIR
+Usage: [torchrun --nproc_per_node=N -m] tests.engine.ddp_body RUN_DIR [stop|resume]
+
+``stop``: every rank stops (as on Ctrl-C) before the fourth step of epoch 1;
+``resume``: continue the run in RUN_DIR.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ import sys
 import torch
 
 from cnnlab.config import load_config
-from cnnlab.engine.trainer import train
+from cnnlab.engine import trainer
 from tests.engine.synthetic import make_splits
 
 OVERRIDES = [
@@ -24,11 +27,30 @@ OVERRIDES = [
     "data.augment.hflip=0.5",
 ]
 
+
+class _StopAtFourthStep(trainer.InterruptGate):
+    """A Ctrl-C that every rank sees before the same step (the gate's check raises it)."""
+
+    checks = 0
+
+    def check(self) -> None:
+        _StopAtFourthStep.checks += 1
+        if _StopAtFourthStep.checks == 4:
+            raise KeyboardInterrupt
+
+
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    train(
-        load_config(overrides=OVERRIDES),
-        run_dir=sys.argv[1],
-        # 241 = 8 x 30 + 1: the last batch leaves rank 1 of 2 an empty shard
-        splits=make_splits(n_train=241, n_val=50, n_test=50),
-    )
+    mode = sys.argv[2] if len(sys.argv) > 2 else ""
+    if mode == "stop":
+        trainer.InterruptGate = _StopAtFourthStep
+    try:
+        trainer.train(
+            load_config(overrides=OVERRIDES) if mode != "resume" else None,
+            run_dir=sys.argv[1],
+            resume=mode == "resume",
+            # 241 = 8 x 30 + 1: the last batch leaves rank 1 of 2 an empty shard
+            splits=make_splits(n_train=241, n_val=50, n_test=50),
+        )
+    except KeyboardInterrupt:
+        sys.exit(130)

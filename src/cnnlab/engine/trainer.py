@@ -692,9 +692,18 @@ def _train(
                     scaler.update()
                     # The batch's sums first, then the position: an interrupt between them
                     # must not leave a trained batch out of the epoch's numbers.
-                    loss_sum += loss.detach().to(loss_sum.dtype) * len(yb)
-                    correct += (out.detach().argmax(1) == yb).sum()
-                    seen += len(yb)
+                    batch_loss = loss.detach().to(loss_sum.dtype) * len(yb)
+                    batch_correct = (out.detach().argmax(1) == yb).sum()
+                    if ctx.enabled:
+                        # Summed over ranks every step, in step with the gradients: the
+                        # sums a Ctrl-C saves are then the whole batch's, whatever the
+                        # number of ranks that resumes them.
+                        both = torch.stack([batch_loss, batch_correct.to(loss_sum.dtype)])
+                        D.all_reduce_sum(both)
+                        batch_loss, batch_correct = both[0], both[1].to(torch.int64)
+                    loss_sum += batch_loss
+                    correct += batch_correct
+                    seen += n_global
                     state.step += 1
                     state.batch = b + 1
                     emit(
@@ -709,10 +718,6 @@ def _train(
                     )
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
-            if ctx.enabled:
-                seen_t = torch.tensor(seen, device=device, dtype=torch.int64)
-                D.all_reduce_sum(loss_sum, correct, seen_t)
-                seen = int(seen_t.item())
             elapsed = time.perf_counter() - t_epoch
             epoch_seconds += elapsed
             state.train_seconds += elapsed
