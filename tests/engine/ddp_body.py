@@ -3,7 +3,7 @@
 Usage: [torchrun --nproc_per_node=N -m] tests.engine.ddp_body RUN_DIR [stop|resume]
 
 ``stop``: every rank stops (as on Ctrl-C) before the fourth step of epoch 1;
-``resume``: continue the run in RUN_DIR.
+``resume``: continue the run in RUN_DIR; ``bn``: the run with batch norm.
 """
 
 from __future__ import annotations
@@ -46,11 +46,14 @@ if __name__ == "__main__":
         trainer.InterruptGate = _StopAtFourthStep
     try:
         trainer.train(
-            load_config(overrides=OVERRIDES) if mode != "resume" else None,
+            load_config(overrides=[*OVERRIDES, *(["model=lenet5-bn"] if mode == "bn" else [])])
+            if mode != "resume"
+            else None,
             run_dir=sys.argv[1],
             resume=mode == "resume",
-            # 241 = 8 x 30 + 1: the last batch leaves rank 1 of 2 an empty shard
-            splits=make_splits(n_train=241, n_val=50, n_test=50),
+            # 241 = 8 x 30 + 1: the last batch leaves rank 1 of 2 an empty shard (batch
+            # norm in training cannot take a batch of one: 240 for it)
+            splits=make_splits(n_train=240 if mode == "bn" else 241, n_val=50, n_test=50),
         )
     except KeyboardInterrupt:
         sys.exit(130)

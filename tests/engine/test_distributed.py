@@ -83,6 +83,44 @@ def test_a_run_stopped_mid_epoch_on_two_ranks_resumes_to_the_single_process_numb
             assert rb[key] == pytest.approx(ra[key], rel=1e-4, abs=1e-5), (rb["epoch"], key)
 
 
+@pytest.mark.slow
+def test_two_ranks_with_batch_norm_record_the_saved_models_numbers(tmp_path):
+    """Each rank's last step moves its own running statistics; rank 0's are saved, so
+    every rank evaluates with them."""
+    from cnnlab.config import load_config
+    from cnnlab.engine.inputs import build_pipeline, prepare_splits
+    from cnnlab.engine.run import Run
+    from cnnlab.engine.trainer import evaluate_tensors
+    from tests.engine.ddp_body import OVERRIDES
+    from tests.engine.synthetic import make_splits
+
+    run = tmp_path / "bn"
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    proc = subprocess.run(
+        [*launcher, "-m", "tests.engine.ddp_body", str(run), "bn"],
+        cwd=ROOT,
+        env=_env(),
+        timeout=300,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cfg = load_config(overrides=[*OVERRIDES, "model=lenet5-bn"])
+    splits = prepare_splits(make_splits(n_train=240, n_val=50, n_test=50), cfg.data)
+    model = Run.load(run).load_model("last")
+    val_loss, val_acc = evaluate_tensors(
+        model,
+        splits.val.images,
+        splits.val.labels,
+        build_pipeline(splits, cfg.data),
+        batch_size=cfg.train.eval_batch_size,
+    )
+    last = read_metrics(run / "metrics.csv")[-1]
+    assert last["val_loss"] == pytest.approx(val_loss, rel=1e-5)
+    assert last["val_acc"] == pytest.approx(val_acc)
+
+
 def test_torchrun_command_relaunches_cnnlab():
     cmd = torchrun_command(4, ["train", "--name", "x"])
     assert cmd[:3] == [sys.executable, "-m", "torch.distributed.run"]

@@ -84,6 +84,18 @@ def all_reduce_sum(*tensors: torch.Tensor) -> None:
             dist.all_reduce(t, op=dist.ReduceOp.SUM)
 
 
+def broadcast_buffers(model: torch.nn.Module) -> None:
+    """Rank 0's buffers (batch-norm running statistics) on every rank (no-op alone).
+
+    Each rank's last training step moves its own running statistics with its own
+    shard; only rank 0's are saved, so the ranks evaluate with those, and the
+    recorded numbers are the saved model's.
+    """
+    if dist.is_available() and dist.is_initialized():
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
+
+
 def broadcast_text(text: str, ctx: DistContext) -> str:
     """Rank 0's string on every rank (run folder names must agree)."""
     if not ctx.enabled:

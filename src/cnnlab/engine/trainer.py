@@ -266,6 +266,8 @@ def evaluate_tensors(
     if n == 0:
         return math.nan, math.nan
     ctx = ctx or D.DistContext()
+    if ctx.enabled:
+        D.broadcast_buffers(model)
     images, labels = D.shard(images, ctx), D.shard(labels, ctx)
     was_training = model.training
     model.eval()
