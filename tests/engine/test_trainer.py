@@ -8,7 +8,7 @@ from cnnlab.config import load_config
 from cnnlab.engine import checkpoint as ckpt
 from cnnlab.engine.run import Run, read_metrics
 from cnnlab.engine.trainer import summary_line, train
-from cnnlab.errors import CheckpointError, RunError
+from cnnlab.errors import CheckpointError, ConfigError, RunError
 from tests.engine.synthetic import RUN_FILES, SMALL_RUN
 
 
@@ -316,3 +316,13 @@ def test_cuda_graphs_asked_for_on_cpu_are_ignored_with_a_note(tmp_path, patch_sp
     )
     assert run.status == "completed"
     assert any("train.cuda_graph=true needs CUDA" in n for n in run.summary["notes"])
+
+
+def test_a_last_batch_of_one_for_batch_norm_is_refused_before_training(tmp_path):
+    from tests.engine.synthetic import make_splits
+
+    cfg = _cfg("model=lenet5-bn", "train.epochs=1")  # batch 32
+    with pytest.raises(ConfigError, match="leaves a last batch of 1 image of the 33"):
+        train(cfg, run_dir=tmp_path / "r", splits=make_splits(n_train=33))
+    run = train(_cfg("train.epochs=1"), run_dir=tmp_path / "ok", splits=make_splits(n_train=33))
+    assert run.status == "completed"  # without batch norm a batch of one trains

@@ -132,6 +132,18 @@ CASES = [
         "cannot take input",
     ),
     (
+        [
+            "train",
+            "data=imagefolder",
+            "data.root={tree}",
+            "model=lenet5-bn",
+            "train.batch_size=71",
+            "--runs",
+            "{tmp}/r-one-left",
+        ],
+        "leaves a last batch of 1 image of the 72",
+    ),
+    (
         ["train", "data=imagefolder", "data.root={tree}", "--runs", "{tmp}/runs", "--name", "ok"],
         "already holds a run",
     ),

@@ -283,6 +283,23 @@ def evaluate_tensors(
     return loss_sum.item() / n, correct.item() / n
 
 
+def check_last_batch(model: nn.Module, n_train: int, batch_size: int) -> None:
+    """Refuse a training set that leaves a last batch of one image to a batch-norm network.
+
+    Batch norm in training cannot normalize a single value per channel (torch
+    raises in the middle of the first epoch); a data loader would drop that batch
+    silently, which changes what an epoch is. One line now, before anything runs.
+    """
+    if n_train % batch_size == 1 and any(
+        isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()
+    ):
+        raise ConfigError(
+            f"train.batch_size={batch_size} leaves a last batch of 1 image of the {n_train} "
+            "training images, and batch norm cannot train on one; choose another "
+            "train.batch_size or data.subset"
+        )
+
+
 # ---------------------------------------------------------------- the run
 
 
@@ -466,6 +483,7 @@ def _train(
     model.to(device)
     # One real forward pass before the run folder exists: a model that cannot run fails here.
     check_forward(model, splits.in_channels, size, name=cfg.model.name, options=cfg.model.options())
+    check_last_batch(model, len(train_set), cfg.train.batch_size)
     channels_last = use_channels_last(cfg.train.channels_last, model, device, cfg.train.precision)
     pipeline = build_pipeline(splits, cfg.data, channels_last=channels_last).to(device)
     if channels_last:
