@@ -187,7 +187,8 @@ def scan_split(folder: Path, classes: tuple[str, ...], *, every_class: bool = Fa
     if not files:
         raise DataError(f"{folder} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
     if every_class:
-        empty = [c for i, c in enumerate(classes) if i not in set(labels)]
+        present = set(labels)
+        empty = [c for i, c in enumerate(classes) if i not in present]
         if empty:
             raise DataError(
                 f"class folder {folder / empty[0]} holds no images"
