@@ -9,6 +9,7 @@ import typer
 
 from cnnlab.cli import app, device_option
 
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps")]
 _METHOD_HELP = "cam, gradcam, gradcam++, saliency, smoothgrad, integrated-gradients, guided-backprop, guided-gradcam"
 
 
@@ -45,9 +46,7 @@ def explain(
         int, typer.Option("--batch", min=1, help="images per grid (and per pass)")
     ] = 8,
     checkpoint: Annotated[str, typer.Option("--checkpoint", help="best or last")] = "best",
-    device: Annotated[
-        str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps")
-    ] = "auto",
+    device: DeviceOpt = "auto",
 ) -> None:
     """Heat maps of what the network looks at: a grid per batch (PNG) and the raw maps (.npy)."""
     from cnnlab.explain import explain_run
@@ -83,9 +82,7 @@ def features(
         Path | None, typer.Option("--out", help="PNG to write (default: RUN/features-LAYER.png)")
     ] = None,
     checkpoint: Annotated[str, typer.Option("--checkpoint", help="best or last")] = "best",
-    device: Annotated[
-        str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps")
-    ] = "auto",
+    device: DeviceOpt = "auto",
 ) -> None:
     """The feature maps of one layer for one image, as a grid."""
     from cnnlab.explain import features_run
@@ -124,9 +121,7 @@ def errors(
     split: Annotated[str, typer.Option("--split", help="test, val or train")] = "test",
     count: Annotated[int, typer.Option("--count", min=1, help="mistakes to show")] = 16,
     checkpoint: Annotated[str, typer.Option("--checkpoint", help="best or last")] = "best",
-    device: Annotated[
-        str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps")
-    ] = "auto",
+    device: DeviceOpt = "auto",
 ) -> None:
     """The most confident mistakes on a split, and accuracy per class."""
     from rich.console import Console
