@@ -165,18 +165,20 @@ def train(
             raise RunError(
                 f"--resume continues a run in its folder with its saved config; drop {' and '.join(given)}"
             )
-        finished = finished_run_error(resume, Run.load(resume).summary)
+        saved = Run.load(resume)
+        finished = finished_run_error(resume, saved.summary)
         if finished is not None:
             raise finished
         cfg = None
+        devices = saved.config.train.devices
     else:
         if data_dir:
             overrides.append(f"data.data_dir={data_dir}")
         if name is not None:
             check_run_name(name)
         cfg = load_config(config, overrides)
+        devices = cfg.train.devices
     runs_root = runs_root if runs_root is not None else Path("runs")
-    devices = cfg.train.devices if cfg is not None else _saved_devices(resume)
     if devices > 1:
         from cnnlab.engine import distributed
 
@@ -226,12 +228,6 @@ def train(
     if speaks:
         typer.echo(summary_line(run.summary))
         typer.echo(f"run folder: {run.path}")
-
-
-def _saved_devices(run_dir: Path) -> int:
-    from cnnlab.config import build_config, read_yaml
-
-    return build_config(read_yaml(run_dir / "config.yaml")).train.devices
 
 
 def _load_run(path: Path):

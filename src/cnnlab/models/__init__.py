@@ -16,7 +16,13 @@ import torch
 from torch import nn
 
 from cnnlab.errors import ModelError
-from cnnlab.models.base import Network, canonical_option_values, check_option_values, meta_forward
+from cnnlab.models.base import (
+    Network,
+    canonical_option_values,
+    check_option_values,
+    first_line,
+    meta_forward,
+)
 from cnnlab.registry import Registry
 
 MODELS: Registry[Callable[..., Network]] = Registry("model")
@@ -151,16 +157,11 @@ def create_model(
     except (TypeError, ValueError, RuntimeError, ZeroDivisionError, IndexError) as exc:
         # A combination the checks above let through: one line naming the options, no traceback.
         raise ModelError(
-            f"model {entry.name!r} cannot be built with {_options_text(options)} ({_reason(exc)})"
+            f"model {entry.name!r} cannot be built with {_options_text(options)} ({first_line(exc)})"
         ) from None
     if check:
         check_input_size(model, in_channels, input_size, name=entry.name)
     return model
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def check_forward(
@@ -194,7 +195,7 @@ def check_forward(
         raise
     except (RuntimeError, ValueError, ZeroDivisionError, TypeError, IndexError) as exc:
         raise ModelError(
-            f"model {name!r} cannot run with {_options_text(options or {})} ({_reason(exc)})"
+            f"model {name!r} cannot run with {_options_text(options or {})} ({first_line(exc)})"
         ) from None
     finally:
         for m, mode in modes:

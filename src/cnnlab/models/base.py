@@ -186,6 +186,12 @@ def check_option_values(builder: Callable[..., Any], options: Mapping[str, Any])
             check_option_value(hints[option], option, value, params[option].default)
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message (its type's name when empty), for one-line errors."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def _shape_text(shape: tuple[int, ...]) -> str:
     return "x".join(str(s) for s in shape)
 
@@ -252,9 +258,8 @@ def meta_forward(
     except (RuntimeError, ValueError, IndexError, ZeroDivisionError, TypeError) as exc:
         inner = running[-1] if running else ""
         layer = (prefix + inner).rstrip(".") or "input"
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputSizeError(
-            f"cannot take input {_shape_text(input_shape)}: layer '{layer}' fails ({reason})"
+            f"cannot take input {_shape_text(input_shape)}: layer '{layer}' fails ({first_line(exc)})"
         ) from None
     finally:
         for h in handles:

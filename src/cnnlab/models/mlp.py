@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from torch import nn
 
 from cnnlab.errors import ModelError
-from cnnlab.layers import LayerConfig, check_dropout
+from cnnlab.layers import NORMS, LayerConfig, check_dropout
 from cnnlab.models import MODELS
 from cnnlab.models.base import Network
 
@@ -42,7 +42,7 @@ class MLP(Network):
             # MLP with it would be the MLP without it under another name.
             raise ModelError(
                 "norm='instance' has no effect in an MLP (it normalizes feature maps); "
-                "choose one of: batch, batch-frozen, layer, group, none"
+                f"choose one of: {', '.join(n for n in NORMS.names() if n != 'instance')}"
             )
         check_dropout(dropout)
         width = in_channels * input_size[0] * input_size[1]
