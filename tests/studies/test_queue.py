@@ -189,21 +189,6 @@ def test_combine_runs_each_factors_best_value_together(tmp_path):
     assert len(trainer.calls) == n
 
 
-def test_combine_that_equals_the_curves_source_runs_nothing_new(tmp_path):
-    # The longest run of an epochs factor trains with test_every_epoch=true (its
-    # curves answer the shorter runs); a best combination equal to that variant
-    # is that variant, and must not be trained again as "best".
-    trainer = FakeTrainer()
-    data = tiny_spec(vary={"train.epochs": [1, 3], "optim.lr": [0.1]}, combine=True)
-    spec, status = _run(tmp_path, data, trainer)
-    folder = StudyFolder.at(tmp_path, spec.name)
-    chosen = json.loads((folder.path / "combine.json").read_text())
-    assert chosen["settings"] == {"train.epochs": 3}
-    metas = [json.loads((folder.run_dir(k) / "study.json").read_text()) for k in folder.run_keys()]
-    assert [m for m in metas if m["variant"] == "best"] == []
-    assert status.total == len(expand(spec)) and status.done == status.total
-
-
 def test_a_combination_equal_to_the_longest_epochs_run_is_not_trained_again(tmp_path):
     """That run measures test accuracy every epoch (to answer shorter ones); it is the same run."""
     trainer = FakeTrainer()  # accuracy grows with epochs: 2 epochs is best
