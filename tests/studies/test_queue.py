@@ -25,6 +25,24 @@ def _run(tmp_path, data, trainer, **kwargs):
     )
 
 
+def _queued(root, data):
+    """A study folder and its store with every run of ``data`` enqueued, none trained."""
+    spec = spec_from_dict(data)
+    folder = StudyFolder.at(root, spec.name)
+    folder.create()
+    folder.write_spec(spec)
+    queue = open_queue(spec, folder, None, create=True)
+    StudyRunner(spec=spec, folder=folder, queue=queue).prepare(expand(spec))
+    return spec, folder, queue
+
+
+def _dead_owner() -> Owner:
+    """An owner on this machine whose process is gone, as a killed worker's is."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    return Owner(Owner.me().host, dead.pid, "gone")
+
+
 def _trials_by_key(tmp_path, spec):
     queue = open_queue(spec, StudyFolder.at(tmp_path, spec.name), None, create=False)
     out: dict[str, list] = {}
@@ -189,21 +207,6 @@ def test_combine_runs_each_factors_best_value_together(tmp_path):
     assert len(trainer.calls) == n
 
 
-def test_combine_that_equals_the_curves_source_runs_nothing_new(tmp_path):
-    # The longest run of an epochs factor trains with test_every_epoch=true (its
-    # curves answer the shorter runs); a best combination equal to that variant
-    # is that variant, and must not be trained again as "best".
-    trainer = FakeTrainer()
-    data = tiny_spec(vary={"train.epochs": [1, 3], "optim.lr": [0.1]}, combine=True)
-    spec, status = _run(tmp_path, data, trainer)
-    folder = StudyFolder.at(tmp_path, spec.name)
-    chosen = json.loads((folder.path / "combine.json").read_text())
-    assert chosen["settings"] == {"train.epochs": 3}
-    metas = [json.loads((folder.run_dir(k) / "study.json").read_text()) for k in folder.run_keys()]
-    assert [m for m in metas if m["variant"] == "best"] == []
-    assert status.total == len(expand(spec)) and status.done == status.total
-
-
 def test_a_combination_equal_to_the_longest_epochs_run_is_not_trained_again(tmp_path):
     """That run measures test accuracy every epoch (to answer shorter ones); it is the same run."""
     trainer = FakeTrainer()  # accuracy grows with epochs: 2 epochs is best
@@ -231,13 +234,7 @@ def test_a_combination_chosen_under_an_earlier_spec_is_not_trained(tmp_path):
 
 def test_status_counts_and_eta(tmp_path):
     trainer = FakeTrainer()
-    spec = spec_from_dict(tiny_spec())
-    folder = StudyFolder.at(tmp_path, spec.name)
-    folder.create()
-    folder.write_spec(spec)
-    queue = open_queue(spec, folder, None, create=True)
-    runner = StudyRunner(spec=spec, folder=folder, queue=queue, run_fn=trainer, poll_seconds=0.05)
-    runner.prepare(expand(spec))
+    _, folder, queue = _queued(tmp_path, tiny_spec())
     st = study_status(folder, queue)
     assert (st.total, st.pending, st.done, st.eta_seconds) == (4, 4, 0, None)
     from cnnlab.studies.worker import Worker
@@ -254,12 +251,7 @@ def test_the_eta_counts_only_runs_that_train(tmp_path):
     from cnnlab.studies.worker import Worker
 
     trainer = FakeTrainer()
-    spec = spec_from_dict(tiny_spec(vary={"train.epochs": [2, 3]}))
-    folder = StudyFolder.at(tmp_path, spec.name)
-    folder.create()
-    folder.write_spec(spec)
-    queue = open_queue(spec, folder, None, create=True)
-    StudyRunner(spec=spec, folder=folder, queue=queue, run_fn=trainer).prepare(expand(spec))
+    _, folder, queue = _queued(tmp_path, tiny_spec(vary={"train.epochs": [2, 3]}))
     Worker(queue, folder, run_fn=trainer, wait_for_others=False).run(max_runs=1)
     st = study_status(folder, queue)
     # Each repeat trains the 3-epoch run and reads base (1 epoch) and 2 epochs off its curves.
@@ -268,15 +260,8 @@ def test_the_eta_counts_only_runs_that_train(tmp_path):
 
 
 def test_a_dead_workers_run_goes_back_to_the_queue(tmp_path):
-    spec = spec_from_dict(tiny_spec(repeats=1, vary={}))
-    folder = StudyFolder.at(tmp_path, spec.name)
-    folder.create()
-    folder.write_spec(spec)
-    queue = open_queue(spec, folder, None, create=True)
-    StudyRunner(spec=spec, folder=folder, queue=queue).prepare(expand(spec))
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    lease = queue.pop(Owner(Owner.me().host, dead.pid, "gone"))
+    _, _, queue = _queued(tmp_path, tiny_spec(repeats=1, vary={}))
+    lease = queue.pop(_dead_owner())
     assert lease is not None and queue.counts()["RUNNING"] == 1
     assert queue.pop(Owner.me()) is None  # nothing else waits
     assert queue.reap() == 1
@@ -290,15 +275,8 @@ def test_a_dead_workers_run_goes_back_to_the_queue(tmp_path):
 
 def test_status_does_not_count_a_killed_workers_run_as_running(tmp_path):
     """After a kill -9 or a crash nothing trains the run; status says pending until a rerun."""
-    spec = spec_from_dict(tiny_spec(repeats=1, vary={}))
-    folder = StudyFolder.at(tmp_path, spec.name)
-    folder.create()
-    folder.write_spec(spec)
-    queue = open_queue(spec, folder, None, create=True)
-    StudyRunner(spec=spec, folder=folder, queue=queue).prepare(expand(spec))
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    assert queue.pop(Owner(Owner.me().host, dead.pid, "gone")) is not None
+    _, folder, queue = _queued(tmp_path, tiny_spec(repeats=1, vary={}))
+    assert queue.pop(_dead_owner()) is not None
     st = study_status(folder, queue)
     assert (st.running, st.pending) == (0, 1)
     queue.reap()
@@ -400,12 +378,7 @@ def test_runs_a_worker_on_another_machine_trained_are_not_trained_again(tmp_path
     """A worker that writes into its own folder (--root elsewhere) reports into the store only."""
     from cnnlab.studies.worker import Worker
 
-    spec = spec_from_dict(tiny_spec())
-    folder = StudyFolder.at(tmp_path / "here", spec.name)
-    folder.create()
-    folder.write_spec(spec)
-    queue = open_queue(spec, folder, None, create=True)
-    StudyRunner(spec=spec, folder=folder, queue=queue).prepare(expand(spec))
+    spec, folder, queue = _queued(tmp_path / "here", tiny_spec())
     remote = Worker(
         queue,
         StudyFolder.at(tmp_path / "there", spec.name),
@@ -443,16 +416,9 @@ def test_a_finished_run_a_dead_worker_never_reported_is_recorded_not_lost(tmp_pa
     # The worker wrote the run's summary and was killed before reporting it (a
     # fused group writes all its summaries first), more often than the retry
     # budget allows: the reaper gives the trial up, but the folder holds the result.
-    spec = spec_from_dict(tiny_spec(repeats=1, vary={}, max_retries=0))
-    folder = StudyFolder.at(tmp_path, spec.name)
-    folder.create()
-    folder.write_spec(spec)
-    queue = open_queue(spec, folder, None, create=True)
+    spec, folder, queue = _queued(tmp_path, tiny_spec(repeats=1, vary={}, max_retries=0))
     (plan,) = expand(spec)
-    StudyRunner(spec=spec, folder=folder, queue=queue).prepare([plan])
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    lease = queue.pop(Owner(Owner.me().host, dead.pid, "gone"))
+    lease = queue.pop(_dead_owner())
     folder.run_dir(plan.key).mkdir(parents=True)
     FakeTrainer()(plan, folder.run_dir(plan.key))
     assert queue.reap() == 1

@@ -379,7 +379,6 @@ def test_a_group_out_of_device_memory_is_split_not_failed(tmp_path):
     folder, queue, plans = _queue_with(
         tmp_path, tiny_spec(name="oom", vary={"optim.lr": [0.1]}, repeats=3, max_retries=0), list
     )
-    queue.max_retry = 0
     trainer = FakeTrainer()
     worker, groups = _worker(queue, folder, trainer, size=6)
     tried: list[int] = []

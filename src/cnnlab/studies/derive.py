@@ -48,11 +48,11 @@ def derived_summary(
         )
     last = head[-1] if head else {}
     monitor = plan.config.train.monitor
+    # No validation split: the trainer monitored the training metric, and names it.
+    metric = best_metric(monitor, any(row.get(monitor) is not None for row in head))
     best_val, best_epoch = None, None
     for row in head:
-        value = row.get(monitor)
-        if value is None:  # no validation split: the trainer monitors the training metric
-            value = row.get("train_acc" if monitor == "val_acc" else "train_loss")
+        value = row.get(metric)
         if value is not None and (
             best_val is None or (value > best_val if monitor == "val_acc" else value < best_val)
         ):
@@ -64,10 +64,7 @@ def derived_summary(
         "name": plan.key,
         "status": status,
         "final": {k: last.get(k) for k in _FINAL_KEYS},
-        "best": {
-            best_metric(monitor, any(row.get(monitor) is not None for row in head)): best_val,
-            "epoch": best_epoch,
-        },
+        "best": {metric: best_val, "epoch": best_epoch},
         "time": {
             "train_seconds": seconds,
             "total_seconds": None,

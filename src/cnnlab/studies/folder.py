@@ -74,6 +74,10 @@ class StudyFolder:
     def run_dir(self, key: str) -> Path:
         return self.runs / key
 
+    def run_lock(self, key: str) -> FileLock:
+        """The lock a local process holds while it trains or writes run ``key``."""
+        return FileLock(self.locks / f"{key}.lock")
+
     def default_storage(self) -> str:
         return f"sqlite:///{self.db_file}"
 

@@ -63,6 +63,10 @@ class Owner:
     def to_dict(self) -> dict[str, Any]:
         return {"host": self.host, "pid": self.pid, "token": self.token}
 
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> Owner:
+        return cls(raw["host"], int(raw["pid"]), raw["token"])
+
     def is_dead_here(self) -> bool:
         """True only when the owner ran on this machine and its process is gone."""
         if self.host != socket.gethostname():
@@ -403,7 +407,7 @@ class StudyQueue:
             elif t.state.name == "RUNNING":
                 st.running += 1
                 raw = t.user_attrs.get("worker")
-                if raw and Owner(raw["host"], int(raw["pid"]), raw["token"]).is_dead_here():
+                if raw and Owner.from_dict(raw).is_dead_here():
                     st.orphaned += 1
             if t.user_attrs.get("error"):
                 st.error = t.user_attrs["error"]
@@ -543,7 +547,7 @@ class StudyQueue:
             if not raw:
                 reaped += self._reap_unclaimed(t)
                 continue
-            owner = Owner(raw["host"], int(raw["pid"]), raw["token"])
+            owner = Owner.from_dict(raw)
             if not owner.is_dead_here():
                 continue
             try:

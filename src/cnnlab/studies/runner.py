@@ -37,7 +37,6 @@ from cnnlab.errors import StudyError
 from cnnlab.studies.derive import source_ready, write_derived
 from cnnlab.studies.folder import (
     FINISHED,
-    FileLock,
     StudyFolder,
     find_study,
     read_json,
@@ -961,7 +960,7 @@ def pull_results(folder: StudyFolder, queue: StudyQueue, plans: list[RunPlan] | 
         run_dir = folder.run_dir(plan.key)
         if (read_summary(run_dir) or {}).get("status") in FINISHED:
             continue
-        lock = FileLock(folder.locks / f"{plan.key}.lock")
+        lock = folder.run_lock(plan.key)
         if not lock.acquire():
             continue
         try:

@@ -465,7 +465,7 @@ class Worker:
     def handle(self, lease: Lease) -> None:
         plan = lease.plan
         run_dir = self.folder.run_dir(plan.key)
-        lock = FileLock(self.folder.locks / f"{plan.key}.lock")
+        lock = self.folder.run_lock(plan.key)
         if not lock.acquire():
             # Another local worker trains this run right now (a duplicate trial).
             self._duplicate(lease)
@@ -523,7 +523,7 @@ class Worker:
             config = with_device(lease.plan.config, self.device)
             key = self.fusing.key(config)
             run_dir = self.folder.run_dir(lease.key)
-            lock = FileLock(self.folder.locks / f"{lease.key}.lock")
+            lock = self.folder.run_lock(lease.key)
             state: RunState = run_state(run_dir) if lock.acquire() else "busy"
             if state == "stopped" and key is not None:
                 key = ResumeKey(key, stop_point(read_summary(run_dir)))
