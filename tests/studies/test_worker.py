@@ -162,7 +162,7 @@ class FakeGroups:
         self.groups: list[list[str]] = []
         self.held: list[list[str]] = []
 
-    def __call__(self, plans, run_dirs, *, device=None, data=None):
+    def __call__(self, plans, run_dirs, *, device=None, data=None, resume=False):
         self.held.append([lease.key for lease in self.worker_ref[0]._held])
         if self.fail:
             self.fail -= 1

@@ -573,7 +573,7 @@ class Worker:
             self._start(lease, run_dir, group=len(members))
         plans = [lease.plan for lease, _ in members]
         t0 = time.perf_counter()
-        resume = {"resume": True} if isinstance(key, ResumeKey) else {}
+        resume = isinstance(key, ResumeKey)
         try:
             summaries = list(
                 self.fusing.train(
@@ -581,7 +581,7 @@ class Worker:
                     [run_dir for _, run_dir in members],
                     device=self.device,
                     data=self.data,
-                    **resume,
+                    resume=resume,
                 )
             )
             if len(summaries) != len(members):
