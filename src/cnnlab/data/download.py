@@ -22,6 +22,7 @@ from pathlib import Path
 from cnnlab.data.base import Progress
 from cnnlab.data.files import read_bytes
 from cnnlab.errors import DataError, DataNotFoundError
+from cnnlab.locks import FileLock
 
 _CHUNK = 1 << 20
 
@@ -140,17 +141,12 @@ def download_lock(folder: Path, name: str) -> Iterator[None]:
     half-extracted archive. The lock is released when the process ends, even
     when it is killed.
     """
-    import fcntl
-
-    path = folder / f".{name}.lock"
+    lock = FileLock(folder / f".{name}.lock")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        handle = open(path, "a")  # noqa: SIM115 - closed below, after the lock is released
+        lock.acquire(blocking=True)
     except OSError as exc:
-        raise DataError(f"cannot write {path}: {exc.strerror or exc}") from None
-    with handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        raise DataError(f"cannot write {lock.path}: {exc.strerror or exc}") from None
+    try:
+        yield
+    finally:
+        lock.release()

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cnnlab.errors import StudyError
-from cnnlab.studies.folder import FileLock
+from cnnlab.locks import FileLock
 from cnnlab.studies.spec import RunPlan, metric_direction, metric_value
 
 if TYPE_CHECKING:

@@ -33,10 +33,10 @@ from typing import Any, Literal, get_args
 
 from cnnlab.config import DataConfig, RunConfig
 from cnnlab.errors import CheckpointError, CnnlabError, StudyError
+from cnnlab.locks import FileLock
 from cnnlab.studies.derive import source_ready, write_derived
 from cnnlab.studies.folder import (
     FINISHED,
-    FileLock,
     StudyFolder,
     read_summary,
     write_failed,
