@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import torch
 
 from cnnlab.data import DataSplits, ImageSet
@@ -20,6 +23,20 @@ SMALL_RUN = [
 ]
 #: What every finished run folder holds.
 RUN_FILES = {"config.yaml", "metrics.csv", "summary.json", "curves.png", "log.txt", "checkpoints"}
+
+
+def subprocess_env() -> dict[str, str]:
+    """The environment of a test's child Python: one thread, cnnlab from this checkout.
+
+    src/ comes first: with the repository root alone the child imported the venv's
+    editable install, so a worktree's subprocess runs used another tree's code.
+    """
+    root = Path(__file__).resolve().parents[2]
+    return {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join((str(root / "src"), str(root))),
+    }
 
 
 def patch_images(

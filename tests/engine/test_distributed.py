@@ -12,16 +12,9 @@ import torch
 from cnnlab.engine import checkpoint as ckpt
 from cnnlab.engine.distributed import torchrun_command
 from cnnlab.engine.run import read_metrics
+from tests.engine.synthetic import subprocess_env as _env
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _env():
-    return {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": os.pathsep.join((str(ROOT / "src"), str(ROOT))),
-    }
 
 
 @pytest.mark.slow

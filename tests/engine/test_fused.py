@@ -53,6 +53,25 @@ def _metric_rows(run):
     ]
 
 
+def _stop_at(epoch, batch=None):
+    """A callback that raises Ctrl-C after step ``batch`` of ``epoch`` (None: its last step)."""
+
+    def callback(event, info):
+        if event == "step" and (info["epoch"], info["batch"]) == (epoch, batch or info["steps"]):
+            raise KeyboardInterrupt
+
+    return callback
+
+
+def _whole_and_resumed(cfgs, tmp_path, splits, stop):
+    """The group trained whole, and trained again, stopped by ``stop`` and resumed."""
+    whole = train_group(cfgs, [tmp_path / f"w{i}" for i in range(len(cfgs))], splits=splits)
+    dirs = [tmp_path / f"r{i}" for i in range(len(cfgs))]
+    with pytest.raises(KeyboardInterrupt):
+        train_group(cfgs, dirs, splits=splits, callback=stop)
+    return whole, train_group(cfgs, dirs, splits=splits, resume=True)
+
+
 MEMBERS = [
     ["train.seed=0", "optim.lr=0.9"],
     ["train.seed=1", "optim.lr=0.3", "optim.momentum=0.9"],
@@ -141,14 +160,6 @@ def test_interrupted_members_resume_with_the_trainer_and_the_group(tmp_path, pat
         ["train.seed=1", "optim.lr=0.1", "optim.weight_decay=0.01"],
     ]
     cfgs = _cfgs(members, "model=lenet5-modern")
-
-    def stop_at(epoch, batch):
-        def callback(event, info):
-            if event == "step" and (info["epoch"], info["batch"]) == (epoch, batch):
-                raise KeyboardInterrupt
-
-        return callback
-
     separate = _separate(cfgs, tmp_path, patch_splits)
     # Ctrl-C mid-epoch 2; each member then resumes on its own with the single-run trainer
     with pytest.raises(KeyboardInterrupt):
@@ -156,7 +167,7 @@ def test_interrupted_members_resume_with_the_trainer_and_the_group(tmp_path, pat
             cfgs,
             [tmp_path / f"a{i}" for i in range(2)],
             splits=patch_splits,
-            callback=stop_at(2, 3),
+            callback=_stop_at(2, 3),
         )
     assert all(
         json.loads((tmp_path / f"a{i}" / "summary.json").read_text())["status"] == "interrupted"
@@ -172,7 +183,7 @@ def test_interrupted_members_resume_with_the_trainer_and_the_group(tmp_path, pat
             cfgs,
             [tmp_path / f"b{i}" for i in range(2)],
             splits=patch_splits,
-            callback=stop_at(1, 5),
+            callback=_stop_at(1, 5),
         )
     with pytest.raises(RunError, match="already holds a run"):
         train_group(cfgs, [tmp_path / f"b{i}" for i in range(2)], splits=patch_splits)
@@ -194,16 +205,7 @@ def test_a_group_stopped_after_an_epochs_last_step_resumes_at_its_evaluation(
     cfgs = _cfgs(
         [["train.seed=0", "optim.lr=0.01"], ["train.seed=1", "optim.lr=0.02"]], f"optim={optim}"
     )
-    whole = train_group(cfgs, [tmp_path / f"w{i}" for i in range(2)], splits=patch_splits)
-
-    def stop(event, info):
-        if event == "step" and (info["epoch"], info["batch"]) == (1, info["steps"]):
-            raise KeyboardInterrupt
-
-    dirs = [tmp_path / f"g{i}" for i in range(2)]
-    with pytest.raises(KeyboardInterrupt):
-        train_group(cfgs, dirs, splits=patch_splits, callback=stop)
-    runs = train_group(cfgs, dirs, splits=patch_splits, resume=True)
+    whole, runs = _whole_and_resumed(cfgs, tmp_path, patch_splits, _stop_at(1))
     for run, w in zip(runs, whole):
         assert run.status == "completed" and _metric_rows(run) == _metric_rows(w)
         for key, value in _weights(w.path).items():
@@ -214,16 +216,7 @@ def test_a_resumed_group_with_dropout_draws_the_uninterrupted_groups_masks(tmp_p
     # The default path of a small single run on CUDA (a group of one replaying a graph):
     # resume must continue the generators the masks come from, as the trainer's does.
     cfgs = _cfgs(MEMBERS[:2], "model=lenet5-modern", "model.dropout=0.5", "optim.lr=0.05")
-    whole = train_group(cfgs, [tmp_path / f"w{i}" for i in range(2)], splits=patch_splits)
-
-    def stop(event, info):
-        if event == "step" and (info["epoch"], info["batch"]) == (1, 3):
-            raise KeyboardInterrupt
-
-    dirs = [tmp_path / f"r{i}" for i in range(2)]
-    with pytest.raises(KeyboardInterrupt):
-        train_group(cfgs, dirs, splits=patch_splits, callback=stop)
-    runs = train_group(cfgs, dirs, splits=patch_splits, resume=True)
+    whole, runs = _whole_and_resumed(cfgs, tmp_path, patch_splits, _stop_at(1, 3))
     for run, w in zip(runs, whole):
         assert _metric_rows(run) == _metric_rows(w)
 

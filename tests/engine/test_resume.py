@@ -1,6 +1,5 @@
 """Exact resume: SIGKILL a CPU run at several points, resume each time, compare bitwise."""
 
-import os
 import signal
 import subprocess
 import sys
@@ -11,16 +10,12 @@ import torch
 
 from cnnlab.engine import checkpoint as ckpt
 from cnnlab.engine.run import read_metrics
+from tests.engine.synthetic import subprocess_env
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _run(run_dir: Path, kill_at: str, resume: bool) -> int:
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": os.pathsep.join((str(ROOT / "src"), str(ROOT))),
-    }
     proc = subprocess.run(
         [
             sys.executable,
@@ -31,7 +26,7 @@ def _run(run_dir: Path, kill_at: str, resume: bool) -> int:
             "1" if resume else "0",
         ],
         cwd=ROOT,
-        env=env,
+        env=subprocess_env(),
         capture_output=True,
         text=True,
         timeout=300,

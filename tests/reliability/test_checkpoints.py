@@ -20,7 +20,7 @@ from cnnlab.engine import checkpoint as ckpt
 from cnnlab.engine.run import read_metrics
 from cnnlab.engine.trainer import train
 from cnnlab.errors import CheckpointError
-from tests.engine.synthetic import make_splits
+from tests.engine.synthetic import make_splits, subprocess_env
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICK = [
@@ -34,11 +34,7 @@ QUICK = [
 
 
 def _body(run_dir: Path, mode: str, resume: bool = False) -> subprocess.CompletedProcess:
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": os.pathsep.join((str(ROOT / "src"), str(ROOT))),
-    }
+    env = subprocess_env()
     args = [sys.executable, "-m", "tests.reliability.ckpt_body", str(run_dir), mode] + (
         ["resume"] if resume else []
     )

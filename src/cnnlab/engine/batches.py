@@ -83,15 +83,18 @@ class BatchPipeline:
 
     def convert(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 -> normalized float, resized; no augmentation, no memory-format change."""
-        if not self.mean:
-            x = T.to_float(x)
-        elif self.stats is not None and self.stats[0].device == x.device:
-            x = T.normalize(x, *self.stats)  # as_tensor keeps the cached tensors: no copy
-        else:
-            x = T.normalize(x, self.mean, self.std)
+        x = self._normalize(x)
         if self.size is not None and tuple(x.shape[-2:]) != self.size:
             x = T.resize(x, self.size)
         return x
+
+    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 -> float on the 0..1 scale, normalized when the pipeline has statistics."""
+        if not self.mean:
+            return T.to_float(x)
+        if self.stats is not None and self.stats[0].device == x.device:
+            return T.normalize(x, *self.stats)  # as_tensor keeps the cached tensors: no copy
+        return T.normalize(x, self.mean, self.std)
 
     def draws(self, n: int, g: torch.Generator) -> list[torch.Tensor]:
         """The random numbers of one batch of ``n`` images, in a fixed order, on the CPU.
@@ -122,10 +125,7 @@ class BatchPipeline:
         if not self.mean:
             return F.pad(x, (padding,) * 4, value=0.0)
         zero = torch.zeros(1, x.shape[1], 1, 1, dtype=torch.uint8, device=x.device)
-        if self.stats is not None and self.stats[0].device == x.device:
-            black = T.normalize(zero, *self.stats)
-        else:
-            black = T.normalize(zero, self.mean, self.std)
+        black = self._normalize(zero)
         n, c, h, w = x.shape
         out = black.to(x.dtype).expand(n, c, h + 2 * padding, w + 2 * padding).clone()
         out[:, :, padding : padding + h, padding : padding + w] = x

@@ -283,6 +283,10 @@ def evaluate_tensors(
     return loss_sum.item() / n, correct.item() / n
 
 
+def _has_batch_norm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
 def check_last_batch(model: nn.Module, n_train: int, batch_size: int) -> None:
     """Refuse a training set that leaves a last batch of one image to a batch-norm network.
 
@@ -290,9 +294,7 @@ def check_last_batch(model: nn.Module, n_train: int, batch_size: int) -> None:
     raises in the middle of the first epoch); a data loader would drop that batch
     silently, which changes what an epoch is. One line now, before anything runs.
     """
-    if n_train % batch_size == 1 and any(
-        isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()
-    ):
+    if n_train % batch_size == 1 and _has_batch_norm(model):
         raise ConfigError(
             f"train.batch_size={batch_size} leaves a last batch of 1 image of the {n_train} "
             "training images, and batch norm cannot train on one; choose another "
@@ -499,7 +501,7 @@ def _train(
         forward = DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
-        if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        if _has_batch_norm(model):
             notes.append(
                 "batch norm statistics are per rank (per shard of each batch) in this distributed run"
             )
