@@ -64,3 +64,9 @@ class StudyError(CnnlabError):
 
 class ExplainError(CnnlabError):
     """An explanation method cannot be applied as asked."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message (its type's name when empty), for one-line errors."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

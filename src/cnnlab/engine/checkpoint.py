@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cnnlab.errors import CheckpointError
+from cnnlab.errors import CheckpointError, first_line
 
 
 def _sha256(data: bytes) -> str:
@@ -159,9 +159,9 @@ def load_checkpoint(
         with _NoForcedUnpickling():
             state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, EOFError ...
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
-            f"checkpoint {str(path)!r} refused: it cannot be loaded as plain weights ({first[:160]})"
+            f"checkpoint {str(path)!r} refused: it cannot be loaded as plain weights "
+            f"({first_line(exc)[:160]})"
         ) from None
     if not isinstance(state, dict):
         raise CheckpointError(

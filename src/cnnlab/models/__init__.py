@@ -15,12 +15,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from cnnlab.errors import ModelError
+from cnnlab.errors import ModelError, first_line
 from cnnlab.models.base import (
     Network,
     canonical_option_values,
     check_option_values,
-    first_line,
     meta_forward,
 )
 from cnnlab.registry import Registry

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from cnnlab.errors import ExplainError, InputSizeError, ModelError
+from cnnlab.errors import ExplainError, InputSizeError, ModelError, first_line
 from cnnlab.registry import normalize_name
 
 T = TypeVar("T")
@@ -184,12 +184,6 @@ def check_option_values(builder: Callable[..., Any], options: Mapping[str, Any])
     for option, value in options.items():
         if option in hints and option in params:
             check_option_value(hints[option], option, value, params[option].default)
-
-
-def first_line(exc: BaseException) -> str:
-    """The first line of ``exc``'s message (its type's name when empty), for one-line errors."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _shape_text(shape: tuple[int, ...]) -> str:

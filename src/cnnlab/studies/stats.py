@@ -35,7 +35,7 @@ import pandas as pd
 import yaml
 
 from cnnlab.config import load_yaml_text
-from cnnlab.errors import StudyError
+from cnnlab.errors import StudyError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ def read_spec(study_dir: str | Path) -> dict[str, Any]:
     try:
         data = load_yaml_text(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
-        raise StudyError(f"{path}: cannot read the study spec ({_first_line(exc)})") from None
+        raise StudyError(f"{path}: cannot read the study spec ({first_line(exc)})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -278,7 +278,7 @@ def _read_json(path: Path) -> tuple[dict | None, str | None]:
     except FileNotFoundError:
         return None, f"{path.name} is missing"
     except (OSError, ValueError) as exc:
-        return None, f"{path.name} is unreadable ({_first_line(exc)})"
+        return None, f"{path.name} is unreadable ({first_line(exc)})"
     if not isinstance(data, dict):
         return None, f"{path.name} is not a JSON object"
     return data, None
@@ -319,11 +319,6 @@ def _number(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return math.nan
     return float(value)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _group_of(factor: Any, run_factors: Mapping[str, Any], factors: Mapping[str, Any]) -> str:
@@ -383,7 +378,7 @@ def curves(study_dir: str | Path) -> pd.DataFrame:
         try:
             table = pd.read_csv(path)
         except (OSError, ValueError, pd.errors.ParserError) as exc:
-            log.warning("skipping curves of %s: %s", folder.name, _first_line(exc))
+            log.warning("skipping curves of %s: %s", folder.name, first_line(exc))
             continue
         if "epoch" not in table.columns or table.empty:
             continue
