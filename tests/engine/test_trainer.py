@@ -319,10 +319,22 @@ def test_cuda_graphs_asked_for_on_cpu_are_ignored_with_a_note(tmp_path, patch_sp
 
 
 def test_a_last_batch_of_one_for_batch_norm_is_refused_before_training(tmp_path):
+    from cnnlab.engine.trainer import check_last_batch
+    from cnnlab.models import create_model
     from tests.engine.synthetic import make_splits
 
-    cfg = _cfg("model=lenet5-bn", "train.epochs=1")  # batch 32
+    cfg = _cfg("model=lenet5-bn", "train.epochs=1")  # batch 32; batch norm over vectors
     with pytest.raises(ConfigError, match="leaves a last batch of 1 image of the 33"):
         train(cfg, run_dir=tmp_path / "r", splits=make_splits(n_train=33))
+    assert not (tmp_path / "r" / "metrics.csv").exists()
     run = train(_cfg("train.epochs=1"), run_dir=tmp_path / "ok", splits=make_splits(n_train=33))
     assert run.status == "completed"  # without batch norm a batch of one trains
+    # batch norm over 28x28 maps takes one image: not refused
+    small = ["model=resnet18", "model.stem=small", "model.blocks=[1,1,1,1]", "model.width=0.125"]
+    run = train(_cfg("train.epochs=1", *small), run_dir=tmp_path / "maps", splits=make_splits(33))
+    assert run.status == "completed"
+    # on 2 ranks a batch of 3 leaves one rank a single image in every step
+    lenet = create_model("lenet5-bn", num_classes=4, in_channels=1, input_size=(28, 28))
+    check_last_batch(lenet, 240, 3, (1, 28, 28))
+    with pytest.raises(ConfigError, match="leaves batches of 1 image per rank"):
+        check_last_batch(lenet, 240, 3, (1, 28, 28), world_size=2)

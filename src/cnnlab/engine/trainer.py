@@ -11,6 +11,7 @@ nothing there and stops a diverging run at once; see :mod:`cnnlab.engine.accel`)
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -62,7 +63,7 @@ from cnnlab.engine.run import (
     refuse_existing_run,
 )
 from cnnlab.engine.schedules import lr_at
-from cnnlab.errors import CheckpointError, ConfigError, RunError
+from cnnlab.errors import CheckpointError, ConfigError, RunError, first_line
 from cnnlab.models import check_forward, create_model
 
 log = logging.getLogger("cnnlab.train")
@@ -287,19 +288,45 @@ def _has_batch_norm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
-def check_last_batch(model: nn.Module, n_train: int, batch_size: int) -> None:
-    """Refuse a training set that leaves a last batch of one image to a batch-norm network.
+def _shard_sizes(batch: int, world_size: int) -> set[int]:
+    """The sizes of a batch's parts on ``world_size`` ranks (as ``D.shard`` splits it)."""
+    return {len(part) for part in torch.arange(batch).tensor_split(world_size)}
 
-    Batch norm in training cannot normalize a single value per channel (torch
-    raises in the middle of the first epoch); a data loader would drop that batch
-    silently, which changes what an epoch is. One line now, before anything runs.
+
+def check_last_batch(
+    model: nn.Module,
+    n_train: int,
+    batch_size: int,
+    input_shape: tuple[int, int, int],
+    world_size: int = 1,
+) -> None:
+    """Refuse a training set that would give a rank a batch of one image the model cannot train on.
+
+    Batch norm over a vector (or a 1x1 map) cannot normalize one value per channel,
+    and torch raises in the middle of the first epoch; a data loader would drop that
+    batch silently, which changes what an epoch is. Only when some batch would be
+    one image per rank, one training-mode forward pass of a copy of the model says
+    whether it can take it (batch norm over larger maps can).
     """
-    if n_train % batch_size == 1 and _has_batch_norm(model):
+    last = n_train % batch_size
+    sizes = _shard_sizes(batch_size, world_size) | (
+        _shard_sizes(last, world_size) if last else set()
+    )
+    if 1 not in sizes or not _has_batch_norm(model):
+        return
+    device = next(model.parameters()).device
+    probe = copy.deepcopy(model).train()
+    try:
+        with torch.no_grad():
+            probe(torch.zeros(1, *input_shape, device=device))
+    except ValueError as exc:
+        where = "a last batch" if 1 not in _shard_sizes(batch_size, world_size) else "batches"
+        per = f" per rank ({world_size} ranks)" if world_size > 1 else ""
         raise ConfigError(
-            f"train.batch_size={batch_size} leaves a last batch of 1 image of the {n_train} "
-            "training images, and batch norm cannot train on one; choose another "
-            "train.batch_size or data.subset"
-        )
+            f"train.batch_size={batch_size} leaves {where} of 1 image{per} of the {n_train} "
+            f"training images, and this network cannot train on one ({first_line(exc)}); "
+            "choose another train.batch_size or data.subset"
+        ) from None
 
 
 # ---------------------------------------------------------------- the run
@@ -485,7 +512,13 @@ def _train(
     model.to(device)
     # One real forward pass before the run folder exists: a model that cannot run fails here.
     check_forward(model, splits.in_channels, size, name=cfg.model.name, options=cfg.model.options())
-    check_last_batch(model, len(train_set), cfg.train.batch_size)
+    check_last_batch(
+        model,
+        len(train_set),
+        cfg.train.batch_size,
+        (splits.in_channels, *size),
+        ctx.world_size if ctx.enabled else 1,
+    )
     channels_last = use_channels_last(cfg.train.channels_last, model, device, cfg.train.precision)
     pipeline = build_pipeline(splits, cfg.data, channels_last=channels_last).to(device)
     if channels_last:
